@@ -1,0 +1,156 @@
+"""Command-line plumbing shared by the root scripts: flags from config fields, clean exits.
+
+Each leaf field of a config dataclass becomes one flag (``n_customers`` -> ``--n-customers``) and
+one MLproject parameter of the same snake_case name; nested dataclasses only group fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+from fraud_detection.config import ConfigError
+from fraud_detection.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+C = TypeVar("C")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_PARAMETERS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One user-facing parameter: its name, type, default and help text."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+
+
+def leaves(config_type: type) -> Iterator[Leaf]:
+    """Yield the leaf parameters of a config dataclass, depth first, in declaration order."""
+    hints = typing.get_type_hints(config_type)
+    for item in dataclasses.fields(config_type):
+        field_type = hints[item.name]
+        if dataclasses.is_dataclass(field_type):
+            yield from leaves(field_type)
+        else:
+            default = item.default
+            if default is dataclasses.MISSING:
+                raise TypeError(f"{config_type.__name__}.{item.name} needs a default")
+            yield Leaf(item.name, field_type, default, item.metadata.get("help", ""))
+
+
+def build_config(config_type: type[C], values: Mapping[str, Any]) -> C:
+    """Build ``config_type`` from flat ``{leaf name: value}``; missing leaves keep defaults.
+
+    String values (as MLflow stores parameters) are converted to the field's type.
+    """
+    hints = typing.get_type_hints(config_type)
+    kwargs: dict[str, Any] = {}
+    for item in dataclasses.fields(config_type):
+        field_type = hints[item.name]
+        if dataclasses.is_dataclass(field_type):
+            kwargs[item.name] = build_config(field_type, values)
+        elif item.name in values:
+            kwargs[item.name] = _convert(item.name, field_type, values[item.name])
+    return config_type(**kwargs)
+
+
+def flatten(config: Any) -> dict[str, Any]:
+    """Return ``{leaf name: value}`` for a config instance (the inverse of ``build_config``)."""
+    flat: dict[str, Any] = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(flatten(value))
+        else:
+            flat[item.name] = value
+    return flat
+
+
+def _convert(name: str, field_type: type, value: Any) -> Any:
+    if isinstance(value, field_type) and not (field_type is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if field_type is int:
+            number = float(text)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if field_type is float:
+            return float(text)
+    except ValueError as error:
+        raise ConfigError(f"{name} must be {field_type.__name__}, got {value!r}") from error
+    return str(value)
+
+
+def parse_config(config_type: type[C], argv: Sequence[str] | None, description: str) -> C:
+    """Parse command-line flags into ``config_type``; invalid values raise ``ConfigError``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    for leaf in leaves(config_type):
+        parser.add_argument(
+            "--" + leaf.name.replace("_", "-"),
+            dest=leaf.name,
+            default=leaf.default,
+            help=leaf.help or None,
+            metavar=leaf.type.__name__.upper(),
+        )
+    namespace = parser.parse_args(argv)
+    return build_config(config_type, vars(namespace))
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # MLflow's own INFO lines are useful; alembic's migration chatter on a new SQLite store is not.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def main_with_exit_code(
+    config_type: type[C],
+    step: Callable[[C], str],
+    argv: Sequence[str] | None,
+    description: str,
+) -> int:
+    """Run one entry point: parse, run the step, print its report, map failures to exit codes.
+
+    A user-caused problem (bad parameter, bad data, missing run) prints one clear line and no
+    stack trace; anything else is a bug and keeps its traceback.
+    """
+    configure_logging()
+    try:
+        config = parse_config(config_type, argv, description)
+    except ConfigError as error:
+        logger.error("Invalid parameter: %s", error)
+        return EXIT_BAD_PARAMETERS
+    try:
+        report = step(config)
+    except ConfigError as error:
+        logger.error("Invalid parameter: %s", error)
+        return EXIT_BAD_PARAMETERS
+    except PipelineError as error:
+        logger.error("%s", error)
+        return EXIT_FAILED
+    print(report)  # the command's final report
+    return EXIT_OK
+
+
+def run(config_type: type[C], step: Callable[[C], str], description: str) -> None:
+    """Entry point of a root script: exits the process with the step's status."""
+    sys.exit(main_with_exit_code(config_type, step, None, description))

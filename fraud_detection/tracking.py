@@ -1,0 +1,206 @@
+"""How steps open their MLflow runs and find each other's: experiment choice, params, lineage.
+
+The experiment rule, in one place (the README explains it to users):
+
+- An experiment chosen through MLflow itself wins: ``mlflow run --experiment-name/-id``, or the
+  ``MLFLOW_EXPERIMENT_NAME``/``MLFLOW_EXPERIMENT_ID`` variables. The ``experiment_name``
+  parameter only fills in when nothing was chosen; setting it to a *different* non-default name
+  at the same time is refused as ambiguous.
+- ``mlflow run`` creates its run before our code starts. When it was given no experiment it puts
+  that run in ``Default``; the step then works in a new run of the chosen experiment and tags the
+  launcher's run with a pointer to it (``fraud.continued_in``), since MLflow cannot move a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.data.code_dataset_source import CodeDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.pandas_dataset import PandasDataset
+from mlflow.entities import Run, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from fraud_detection.config import DEFAULT_EXPERIMENT_NAME, ConfigError
+from fraud_detection.data import fingerprint
+from fraud_detection.errors import LineageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT_ID = "0"
+STEP_TAG = "fraud.step"
+LAUNCHER_TAG = "fraud.launcher_run_id"
+CONTINUED_IN_TAG = "fraud.continued_in"
+# Tags the launcher sets that describe the code of the run; copied when a step leaves it.
+_LAUNCHER_TAG_PREFIXES = ("mlflow.source.", "mlflow.project.", "mlflow.gitRepoURL", "mlflow.user")
+
+
+def get_or_create_experiment(name: str) -> str:
+    """Return the id of experiment ``name``, creating it once even when processes race."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise ConfigError(
+                f"experiment {name!r} is deleted; restore it (mlflow experiments restore) "
+                "or choose another experiment_name"
+            )
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as error:
+        # Another process created it between our lookup and our create: use theirs.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        logger.debug("Experiment %s was created concurrently (%s)", name, error.error_code)
+        return experiment.experiment_id
+
+
+def _launcher_run() -> Run | None:
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    return MlflowClient().get_run(run_id) if run_id else None
+
+
+def resolve_experiment_name(requested: str, launcher: Run | None) -> str:
+    """Apply the experiment rule of this module's docstring; return the experiment name."""
+    client = MlflowClient()
+    chosen: str | None = None
+    if launcher is not None:
+        if launcher.info.experiment_id != DEFAULT_EXPERIMENT_ID:
+            chosen = client.get_experiment(launcher.info.experiment_id).name
+    elif os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        chosen = os.environ["MLFLOW_EXPERIMENT_NAME"]
+    elif os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        chosen = client.get_experiment(os.environ["MLFLOW_EXPERIMENT_ID"]).name
+    if chosen is None or chosen == requested:
+        return requested
+    if requested == DEFAULT_EXPERIMENT_NAME:
+        return chosen
+    raise ConfigError(
+        f"experiment_name is {requested!r} but MLflow was told to use experiment {chosen!r} "
+        "(mlflow run --experiment-name, or MLFLOW_EXPERIMENT_NAME/ID); use one of the two"
+    )
+
+
+@contextmanager
+def step_run(
+    step: str,
+    experiment_name: str,
+    params: Mapping[str, Any],
+    log_system_metrics: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """Open the run of a pipeline step and log its parameters; FAILED if the body raises.
+
+    Under ``mlflow run`` this is the launcher's run whenever it is in the right experiment.
+    """
+    launcher = _launcher_run()
+    name = resolve_experiment_name(experiment_name, launcher)
+    experiment_id = get_or_create_experiment(name)
+    tags = {STEP_TAG: step}
+    if launcher is not None:
+        # Once this step has its run, nested runs must not resume the launcher's run through
+        # the variable (MLflow only clears it when it resumes a run from it itself).
+        os.environ.pop("MLFLOW_RUN_ID", None)
+    if launcher is not None and launcher.info.experiment_id == experiment_id:
+        run = mlflow.start_run(
+            run_id=launcher.info.run_id, tags=tags, log_system_metrics=log_system_metrics
+        )
+    else:
+        if launcher is not None:
+            tags[LAUNCHER_TAG] = launcher.info.run_id
+            tags.update(
+                (key, value)
+                for key, value in launcher.data.tags.items()
+                if key.startswith(_LAUNCHER_TAG_PREFIXES) or key == "mlflow.parentRunId"
+            )
+            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+        run = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=f"{step}-{launcher.info.run_name}" if launcher else None,
+            tags=tags,
+            log_system_metrics=log_system_metrics,
+        )
+        if launcher is not None:
+            MlflowClient().set_tag(launcher.info.run_id, CONTINUED_IN_TAG, run.info.run_id)
+            logger.info(
+                "mlflow run put its run %s in the Default experiment; this %s step logs to "
+                "experiment %r as run %s (pass --experiment-name to mlflow run to avoid this)",
+                launcher.info.run_id,
+                step,
+                name,
+                run.info.run_id,
+            )
+    with run:
+        log_params_once(run.info.run_id, params)
+        logger.info("%s run %s in experiment %r", step, run.info.run_id, name)
+        yield run
+
+
+def log_params_once(run_id: str, params: Mapping[str, Any]) -> None:
+    """Log ``params`` except those the run already has (``mlflow run`` logs its own as strings;
+    logging the same key with another spelling, 0.5 vs 0.50, would raise)."""
+    existing = MlflowClient().get_run(run_id).data.params
+    missing = {key: value for key, value in params.items() if key not in existing}
+    if missing:
+        mlflow.log_params(missing, run_id=run_id)
+
+
+def pandas_dataset(frame: pd.DataFrame, source: str, name: str, label: str) -> PandasDataset:
+    """An MLflow dataset for ``frame`` whose digest is our content fingerprint of it.
+
+    File sources resolve to MLflow's own source types (local, s3, http...); simulated data is
+    described by its generator parameters.
+    """
+    if source.startswith("simulator:"):
+        settings = dict(item.split("=", 1) for item in source.removeprefix("simulator:").split(","))
+        dataset_source = CodeDatasetSource({"generator": "fraud_detection.simulator", **settings})
+    else:
+        dataset_source = resolve_dataset_source(source)
+    return PandasDataset(
+        df=frame, source=dataset_source, targets=label, name=name, digest=fingerprint(frame)
+    )
+
+
+def find_step_run(experiment_name: str, step: str, run_id: str = "") -> Run:
+    """Return run ``run_id`` (checked to be a finished ``step`` run) or the latest such run."""
+    client = MlflowClient()
+    if run_id:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as error:
+            raise LineageError(f"run {run_id!r} not found ({error.message})") from error
+        actual = run.data.tags.get(STEP_TAG)
+        if actual != step:
+            raise LineageError(
+                f"run {run_id} is a {actual or 'non-pipeline'} run, not a {step} run"
+            )
+        if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
+            raise LineageError(f"{step} run {run_id} is {run.info.status}, not FINISHED")
+        return run
+    launcher = _launcher_run()
+    name = resolve_experiment_name(experiment_name, launcher)
+    experiment = client.get_experiment_by_name(name)
+    runs = (
+        client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if experiment is not None
+        else []
+    )
+    if not runs:
+        raise LineageError(
+            f"no finished {step} run in experiment {name!r}; run the {step} step first "
+            f"or pass --run-id"
+        )
+    return runs[0]
