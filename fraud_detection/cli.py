@@ -95,11 +95,8 @@ def _convert(name: str, field_type: type, value: Any) -> Any:
     return str(value)
 
 
-def parse_config(config_type: type[C], argv: Sequence[str] | None, description: str) -> C:
-    """Parse command-line flags into ``config_type``; invalid values raise ``ConfigError``."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
+    """Add one ``--flag`` per leaf parameter of ``config_type`` to ``parser``."""
     for leaf in leaves(config_type):
         parser.add_argument(
             "--" + leaf.name.replace("_", "-"),
@@ -108,8 +105,15 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None, description: 
             help=leaf.help or None,
             metavar=leaf.type.__name__.upper(),
         )
-    namespace = parser.parse_args(argv)
-    return build_config(config_type, vars(namespace))
+
+
+def parse_config(config_type: type[C], argv: Sequence[str] | None, description: str) -> C:
+    """Parse command-line flags into ``config_type``; invalid values raise ``ConfigError``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_arguments(parser, config_type)
+    return build_config(config_type, vars(parser.parse_args(argv)))
 
 
 def configure_logging() -> None:
@@ -120,6 +124,15 @@ def configure_logging() -> None:
     )
     # MLflow's own INFO lines are useful; alembic's migration chatter on a new SQLite store is not.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One subcommand of a script: its config type, the step it runs, and its help line."""
+
+    config_type: type
+    step: Callable[[Any], str]
+    help: str
 
 
 def main_with_exit_code(
@@ -139,6 +152,35 @@ def main_with_exit_code(
     except ConfigError as error:
         logger.error("Invalid parameter: %s", error)
         return EXIT_BAD_PARAMETERS
+    return _run_step(step, config)
+
+
+def main_with_commands(
+    commands: Mapping[str, Command], argv: Sequence[str] | None, description: str
+) -> int:
+    """Like ``main_with_exit_code`` for a script with subcommands (``serve.py batch ...``)."""
+    configure_logging()
+    parser = argparse.ArgumentParser(description=description)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in commands.items():
+        subparser = subparsers.add_parser(
+            name,
+            help=command.help,
+            description=command.help,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        add_arguments(subparser, command.config_type)
+    arguments = vars(parser.parse_args(argv))
+    command = commands[arguments.pop("command")]
+    try:
+        config = build_config(command.config_type, arguments)
+    except ConfigError as error:
+        logger.error("Invalid parameter: %s", error)
+        return EXIT_BAD_PARAMETERS
+    return _run_step(command.step, config)
+
+
+def _run_step(step: Callable[[C], str], config: C) -> int:
     try:
         report = step(config)
     except ConfigError as error:

@@ -63,23 +63,29 @@ def add_features(
     timestamp = pd.DatetimeIndex(transactions[columns.timestamp_column])
     seconds = timestamp.as_unit("s").asi8
     amount = transactions[columns.amount_column].to_numpy(dtype=np.float64)
-    label = transactions[columns.label_column].to_numpy(dtype=np.float64)
+    # Unknown labels (recent rows being scored) count as genuine in the terminal fraud rates;
+    # the delay keeps the most recent days out of those windows anyway.
+    label = pd.to_numeric(transactions[columns.label_column]).fillna(0).to_numpy(np.float64)
 
     features: dict[str, np.ndarray] = {
         "TX_AMOUNT": amount,
-        "TX_DURING_WEEKEND": (timestamp.dayofweek >= 5).astype(np.int8),
+        "TX_DURING_WEEKEND": (timestamp.day_of_week >= 5).astype(np.int8),
         "TX_DURING_NIGHT": (timestamp.hour <= NIGHT_LAST_HOUR).astype(np.int8),
     }
     lookback = (max(WINDOW_DAYS) + delay_days) * 86_400
     customer = _EntityWindows(transactions[columns.customer_column].to_numpy(), seconds, lookback)
     for window in WINDOW_DAYS:
-        count, total = customer.backward_sums(amount, window_days=window, end_days_ago=0)
+        count, total = customer.backward_sums(
+            amount, window_days=window, end_days_ago=0, include_current=True
+        )
         features[f"CUSTOMER_ID_NB_TX_{window}DAY_WINDOW"] = count
         features[f"CUSTOMER_ID_AVG_AMOUNT_{window}DAY_WINDOW"] = total / count
 
     terminal = _EntityWindows(transactions[columns.terminal_column].to_numpy(), seconds, lookback)
     for window in WINDOW_DAYS:
-        count, frauds = terminal.backward_sums(label, window_days=window, end_days_ago=delay_days)
+        count, frauds = terminal.backward_sums(
+            label, window_days=window, end_days_ago=delay_days, include_current=False
+        )
         features[f"TERMINAL_ID_NB_TX_{window}DAY_WINDOW"] = count
         features[f"TERMINAL_ID_RISK_{window}DAY_WINDOW"] = np.divide(
             frauds, count, out=np.zeros_like(frauds), where=count > 0
@@ -107,25 +113,27 @@ class _EntityWindows:
         self._position = np.arange(seconds.size)
 
     def backward_sums(
-        self, values: np.ndarray, window_days: int, end_days_ago: int
+        self, values: np.ndarray, window_days: int, end_days_ago: int, include_current: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """Count and sum ``values`` over the window of each row, in the table's row order.
 
         The window of a row at time t holds the same entity's rows with times in
-        (t - end - window, t - end]; with ``end_days_ago == 0`` it ends at the row itself
-        (rows at the same instant count only if they come earlier in the table).
+        (t - end - window, t - end] that come no later than the row itself in time order (rows
+        at the same instant count only if they come earlier in the table). ``include_current``
+        says whether the row itself counts: yes for customer spending, no for anything built
+        on labels, so that a row's own label never feeds its features, even with no delay.
         """
-        end_seconds = end_days_ago * 86_400
-        start_seconds = end_seconds + window_days * 86_400
         sorted_values = values[self._order]
         cumulative = np.concatenate(([0.0], np.cumsum(sorted_values)))
-        if end_days_ago == 0:
-            stop = self._position + 1
-        else:
-            stop = np.searchsorted(self._keys, self._keys - end_seconds, side="right")
+        end_seconds = end_days_ago * 86_400
+        start_seconds = end_seconds + window_days * 86_400
         start = np.searchsorted(self._keys, self._keys - start_seconds, side="right")
-        count = (stop - start).astype(np.float64)
-        total = cumulative[stop] - cumulative[start]
+        stop = np.minimum(
+            np.searchsorted(self._keys, self._keys - end_seconds, side="right"),
+            self._position + (1 if include_current else 0),
+        )
+        count = (stop - start).clip(min=0).astype(np.float64)
+        total = np.where(stop > start, cumulative[stop] - cumulative[np.minimum(start, stop)], 0.0)
         in_row_order = np.empty_like(count), np.empty_like(total)
         in_row_order[0][self._order] = count
         in_row_order[1][self._order] = total

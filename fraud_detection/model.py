@@ -158,12 +158,22 @@ def model_requirements(kind: str) -> list[str]:
     return [f"{name}=={importlib.metadata.version(name)}" for name in packages]
 
 
-def model_config(kind: str, features: Sequence[str], threshold: float) -> dict[str, Any]:
-    """What the pyfunc needs besides the estimator file.
+def model_config(
+    kind: str, features: Sequence[str], threshold: float, engineered: bool, delay_days: int
+) -> dict[str, Any]:
+    """What the pyfunc and its clients need besides the estimator file.
 
-    Stored in the MLmodel file; MLflow also logs these keys as parameters of the run.
+    Stored in the MLmodel file (MLflow also logs these keys as parameters of the run). The
+    feature recipe (engineered or not, label delay) lets batch scoring rebuild the features
+    from raw transactions exactly as training did.
     """
-    return {"model_kind": kind, "features": list(features), "threshold": float(threshold)}
+    return {
+        "model_kind": kind,
+        "features": list(features),
+        "threshold": float(threshold),
+        "engineered_features": bool(engineered),
+        "delay_days": int(delay_days),
+    }
 
 
 class FraudDetector(PythonModel):

@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 
 from fraud_detection.config import DEFAULT_EXPERIMENT_NAME, ConfigError
 from fraud_detection.data import fingerprint
-from fraud_detection.errors import LineageError
+from fraud_detection.errors import LineageError, PipelineError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ DEFAULT_EXPERIMENT_ID = "0"
 STEP_TAG = "fraud.step"
 LAUNCHER_TAG = "fraud.launcher_run_id"
 CONTINUED_IN_TAG = "fraud.continued_in"
+ERROR_TAG = "fraud.error"
 # Tags the launcher sets that describe the code of the run; copied when a step leaves it.
 _LAUNCHER_TAG_PREFIXES = ("mlflow.source.", "mlflow.project.", "mlflow.gitRepoURL", "mlflow.user")
 
@@ -139,9 +140,15 @@ def step_run(
                 run.info.run_id,
             )
     with run:
-        log_params_once(run.info.run_id, params)
-        logger.info("%s run %s in experiment %r", step, run.info.run_id, name)
-        yield run
+        try:
+            log_params_once(run.info.run_id, params)
+            logger.info("%s run %s in experiment %r", step, run.info.run_id, name)
+            yield run
+        except PipelineError as error:
+            # The run ends FAILED (the context manager sees the exception); the tag says why,
+            # in the same words the user sees on the console.
+            mlflow.set_tag(ERROR_TAG, str(error)[:5000])
+            raise
 
 
 def log_params_once(run_id: str, params: Mapping[str, Any]) -> None:

@@ -125,7 +125,7 @@ def train(config: TrainConfig) -> str:
         logger.info("Best candidate on validation: %s %s", best_kind, validation_metrics)
 
         final = fit_scorer(best_kind, config.model, prepared.features, training, label)
-        model_info = _log_model(final, threshold, validation)
+        model_info = _log_model(final, threshold, validation, config)
         mlflow.log_metrics(
             {f"validation_{key}": value for key, value in validation_metrics.items()},
             model_id=model_info.model_id,
@@ -192,7 +192,15 @@ def _fit_candidate(
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Fit one candidate in a nested run; return its validation scores and metrics."""
     label = config.data.columns.label_column
-    with mlflow.start_run(run_name=kind, nested=True, tags={STEP_TAG: "candidate"}):
+    parent = mlflow.active_run()
+    # By experiment id: without it MLflow would use its "active experiment", which this
+    # process never sets (see tracking.py), and the child would land in Default.
+    with mlflow.start_run(
+        run_name=kind,
+        nested=True,
+        experiment_id=parent.info.experiment_id,
+        tags={STEP_TAG: "candidate"},
+    ):
         scorer = fit_scorer(kind, model_config, prepared.features, validation_train, label)
         scores = scorer.predict_proba(validation)
         metrics = window_metrics(validation, scores, config.data)
@@ -201,7 +209,9 @@ def _fit_candidate(
     return scores, metrics
 
 
-def _log_model(scorer: Scorer, threshold: float, validation: pd.DataFrame) -> ModelInfo:
+def _log_model(
+    scorer: Scorer, threshold: float, validation: pd.DataFrame, config: TrainConfig
+) -> ModelInfo:
     example = validation.loc[:, list(scorer.features)].head(5).astype(np.float64)
     output = predictions_frame(scorer.predict_proba(example), threshold)
     with tempfile.TemporaryDirectory() as scratch:
@@ -211,7 +221,13 @@ def _log_model(scorer: Scorer, threshold: float, validation: pd.DataFrame) -> Mo
             python_model=str(MODEL_CODE),
             artifacts={ESTIMATOR_ARTIFACT: str(estimator_path)},
             code_paths=[str(PACKAGE_DIR)],
-            model_config=model_config(scorer.kind, scorer.features, threshold),
+            model_config=model_config(
+                scorer.kind,
+                scorer.features,
+                threshold,
+                engineered=config.data.engineered_features,
+                delay_days=config.split.delay_days,
+            ),
             signature=infer_signature(example, output),
             input_example=example,
             # Explicit pins: inferring requirements costs seconds and can miss xgboost.

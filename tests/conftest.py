@@ -1,0 +1,86 @@
+"""Shared fixtures: a private MLflow tracking store per test, and small simulated data.
+
+Every test that touches MLflow gets its own SQLite store and artifact folder under tmp_path
+(copied from a store migrated once per session: creating one costs about a second), so tests
+never share runs, models or aliases. A test that leaves a run open fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from fraud_detection.config import DataConfig, GateConfig, ModelConfig, SplitConfig
+from fraud_detection.simulator import SimulatorConfig, simulate_transactions
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+# Small enough for seconds, large enough that every window has both classes.
+SMALL_DATA = DataConfig(n_customers=500, n_terminals=1_000, n_days=60, seed=1)
+FAST_MODEL = ModelConfig(n_estimators=60, n_jobs=1)
+LENIENT_GATE = GateConfig(min_roc_auc=0.5, min_average_precision=0.01)
+
+
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated SQLite tracking store to copy from."""
+    directory = tmp_path_factory.mktemp("template-store")
+    path = directory / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking_uri(
+    tmp_path: Path, migrated_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Point MLflow (this process and its children) at a fresh store under tmp_path."""
+    store = tmp_path / "mlflow.db"
+    shutil.copy(migrated_store, store)
+    uri = f"sqlite:///{store}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def experiment(tracking_uri: str, tmp_path: Path) -> str:
+    """The pipeline's default experiment, created with its artifacts under tmp_path."""
+    return mlflow.MlflowClient().create_experiment(
+        "fraud-detection", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_runs() -> Iterator[None]:
+    yield
+    leaked = mlflow.active_run()
+    if leaked is not None:
+        mlflow.end_run()
+        pytest.fail(f"test left run {leaked.info.run_id} active")
+
+
+@pytest.fixture(scope="session")
+def small_transactions() -> pd.DataFrame:
+    """The raw simulated table of SMALL_DATA (read-only: copy before changing it)."""
+    return simulate_transactions(SMALL_DATA.simulator())
+
+
+@pytest.fixture
+def small_split() -> SplitConfig:
+    return SplitConfig()
+
+
+def tiny_simulation(seed: int = 0, n_days: int = 20) -> pd.DataFrame:
+    return simulate_transactions(
+        SimulatorConfig(n_customers=100, n_terminals=200, n_days=n_days, seed=seed)
+    )
