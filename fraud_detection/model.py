@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
+from mlflow.types import ColSpec, DataType, Schema
 
 from fraud_detection.config import ModelConfig
 
@@ -147,6 +149,16 @@ def predictions_frame(probabilities: np.ndarray, threshold: float) -> pd.DataFra
             PROBABILITY_COLUMN: probabilities.astype(np.float64),
             DECISION_COLUMN: (probabilities >= threshold).astype(np.int64),
         }
+    )
+
+
+def model_signature(features: Sequence[str]) -> ModelSignature:
+    """Input: one double per feature, all required. Output: probability and 0/1 decision."""
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.double, name) for name in features]),
+        outputs=Schema(
+            [ColSpec(DataType.double, PROBABILITY_COLUMN), ColSpec(DataType.long, DECISION_COLUMN)]
+        ),
     )
 
 

@@ -15,11 +15,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 
 from fraud_detection.cli import flatten
-from fraud_detection.config import DataConfig, ModelConfig, SplitConfig, TrainConfig
+from fraud_detection.config import DataConfig, SplitConfig, TrainConfig
 from fraud_detection.data import Transactions, load_transactions, require_both_classes
 from fraud_detection.features import add_features
 from fraud_detection.metrics import best_f1_threshold, fraud_metrics
@@ -31,7 +30,7 @@ from fraud_detection.model import (
     fit_scorer,
     model_config,
     model_requirements,
-    predictions_frame,
+    model_signature,
 )
 from fraud_detection.schema import DAY_COLUMN
 from fraud_detection.split import TimeSplit, evaluation_rows, plan_split
@@ -116,7 +115,7 @@ def train(config: TrainConfig) -> str:
         _log_lineage(prepared, config.data, config.split, training, validation)
 
         candidates = {
-            kind: _fit_candidate(kind, config.model, prepared, validation_train, validation, config)
+            kind: _fit_candidate(kind, config, prepared.features, validation_train, validation)
             for kind in config.model.kinds
         }
         best_kind = max(candidates, key=lambda kind: candidates[kind][1][SELECTION_METRIC])
@@ -184,11 +183,10 @@ def _log_lineage(
 
 def _fit_candidate(
     kind: str,
-    model_config: ModelConfig,
-    prepared: PreparedData,
+    config: TrainConfig,
+    features: tuple[str, ...],
     validation_train: pd.DataFrame,
     validation: pd.DataFrame,
-    config: TrainConfig,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Fit one candidate in a nested run; return its validation scores and metrics."""
     label = config.data.columns.label_column
@@ -201,7 +199,7 @@ def _fit_candidate(
         experiment_id=parent.info.experiment_id,
         tags={STEP_TAG: "candidate"},
     ):
-        scorer = fit_scorer(kind, model_config, prepared.features, validation_train, label)
+        scorer = fit_scorer(kind, config.model, features, validation_train, label)
         scores = scorer.predict_proba(validation)
         metrics = window_metrics(validation, scores, config.data)
         mlflow.log_params({"model_kind": kind, **scorer.params})
@@ -213,7 +211,6 @@ def _log_model(
     scorer: Scorer, threshold: float, validation: pd.DataFrame, config: TrainConfig
 ) -> ModelInfo:
     example = validation.loc[:, list(scorer.features)].head(5).astype(np.float64)
-    output = predictions_frame(scorer.predict_proba(example), threshold)
     with tempfile.TemporaryDirectory() as scratch:
         estimator_path = scorer.save(Path(scratch))
         return mlflow.pyfunc.log_model(
@@ -228,7 +225,7 @@ def _log_model(
                 engineered=config.data.engineered_features,
                 delay_days=config.split.delay_days,
             ),
-            signature=infer_signature(example, output),
+            signature=model_signature(scorer.features),
             input_example=example,
             # Explicit pins: inferring requirements costs seconds and can miss xgboost.
             pip_requirements=model_requirements(scorer.kind),

@@ -97,3 +97,11 @@ def test_reduced_size_keeps_the_books_statistics():
 def test_invalid_sizes_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         SimulatorConfig(**{field: value})
+
+
+def test_full_book_size():
+    """The book's size: 5,000 cards, 10,000 terminals, 183 days (about 1.75 M transactions)."""
+    table = simulate_transactions(SimulatorConfig(seed=0))
+    assert len(table) == pytest.approx(1_754_155, rel=0.03)
+    assert table["TX_FRAUD"].mean() == pytest.approx(0.0084, rel=0.15)
+    assert table["TX_DATETIME"].max() < pd.Timestamp("2018-10-01")
