@@ -1,0 +1,51 @@
+"""Fixtures of the integration layer: the services it needs, started once per session.
+
+A component that is not installed skips its tests on a developer's machine (with the command
+that installs it) and fails them in CI (``CI`` set), where `.ci/run` installs everything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.services import S3, Postgres, moto_s3, postgres_bindir, postgres_cluster
+
+
+def require(available: bool, what: str, install: str) -> None:
+    """Skip (fail in CI) when ``what`` is missing."""
+    if available:
+        return
+    message = f"{what} is not installed ({install})"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_modules(*modules: str) -> None:
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    require(not missing, ", ".join(missing), 'pip install -e ".[dev,integration]"')
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    require(postgres_bindir() is not None, "PostgreSQL", "apt-get install postgresql")
+    require_modules("psycopg")
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
+    require_modules("moto", "boto3")
+    with moto_s3(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def uv_available() -> None:
+    require(shutil.which("uv") is not None, "uv", 'pip install -e ".[dev,integration]"')
