@@ -57,6 +57,9 @@ def _default_store(tmp_path: Path, _: pytest.FixtureRequest, __: ExitStack) -> B
         artifacts = _artifact_files(client, experiment_id)
         assert artifacts.is_relative_to(project / "mlruns")
         assert any(artifacts.rglob("MLmodel"))
+        # deploy/dev-server.sh started in the clone serves that same store (the README says so).
+        with dev_server(project) as server:
+            assert_champion_scores(server.url)
 
     # Exactly the README's command: `mlflow run .` from the clone, no experiment given.
     return Backend(project, None, f"sqlite:///{project / 'mlflow.db'}", check, launcher_args=())
