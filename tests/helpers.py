@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -94,27 +95,32 @@ def run_command(
     cwd: Path | None = None,
     timeout: float = COMMAND_TIMEOUT_S,
 ) -> subprocess.CompletedProcess:
-    """Run ``command`` in a session of its own; on timeout stop the whole session and fail."""
-    process = subprocess.Popen(
-        list(command),
-        env=dict(env),
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        raise AssertionError(
-            f"{' '.join(command[:4])}... did not finish in {timeout:.0f} s\n{stderr[-4000:]}"
-        ) from None
-    finally:
-        # Anything the command left behind in its session (none expected) goes with it.
-        _signal_group(process.pid, signal.SIGKILL)
+    """Run ``command`` in a session of its own; on timeout stop the whole session and fail.
+
+    Unless ``env`` names a TMPDIR, the command gets a private one, removed afterwards: MLflow
+    leaves a folder in it for every project run.
+    """
+    with tempfile.TemporaryDirectory(prefix="test-command-") as scratch:
+        process = subprocess.Popen(
+            list(command),
+            env={"TMPDIR": scratch, **env},
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(
+                f"{' '.join(command[:4])}... did not finish in {timeout:.0f} s\n{stderr[-4000:]}"
+            ) from None
+        finally:
+            # Anything the command left behind in its session (none expected) goes with it.
+            _signal_group(process.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 

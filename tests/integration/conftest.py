@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import mlflow_environment
 from tests.integration.services import S3, Postgres, moto_s3, postgres_bindir, postgres_cluster
 
 
@@ -48,4 +49,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
 
 @pytest.fixture
 def uv_available() -> None:
-    require(shutil.which("uv") is not None, "uv", 'pip install -e ".[dev,integration]"')
+    # Looked up where `mlflow run` will look: this interpreter's bin folder first.
+    found = shutil.which("uv", path=mlflow_environment(None)["PATH"])
+    require(found is not None, "uv", 'pip install -e ".[dev,integration]"')
