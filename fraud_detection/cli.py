@@ -78,10 +78,18 @@ def flatten(config: Any) -> dict[str, Any]:
     return flat
 
 
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+
+
 def _convert(name: str, field_type: type, value: Any) -> Any:
     if isinstance(value, field_type) and not (field_type is int and isinstance(value, bool)):
         return value
     text = str(value).strip()
+    if field_type is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
     try:
         if field_type is int:
             number = float(text)
@@ -98,12 +106,15 @@ def _convert(name: str, field_type: type, value: Any) -> Any:
 def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
     """Add one ``--flag`` per leaf parameter of ``config_type`` to ``parser``."""
     for leaf in leaves(config_type):
+        # A bool flag alone means true (--rollback); MLproject passes it a value (false).
+        switch = {"nargs": "?", "const": "true"} if leaf.type is bool else {}
         parser.add_argument(
             "--" + leaf.name.replace("_", "-"),
             dest=leaf.name,
             default=leaf.default,
             help=leaf.help or None,
             metavar=leaf.type.__name__.upper(),
+            **switch,
         )
 
 

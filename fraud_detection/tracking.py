@@ -160,7 +160,9 @@ def log_params_once(run_id: str, params: Mapping[str, Any]) -> None:
         mlflow.log_params(missing, run_id=run_id)
 
 
-def pandas_dataset(frame: pd.DataFrame, source: str, name: str, label: str) -> PandasDataset:
+def pandas_dataset(
+    frame: pd.DataFrame, source: str, name: str, label: str, predictions: str | None = None
+) -> PandasDataset:
     """An MLflow dataset for ``frame`` whose digest is our content fingerprint of it.
 
     File sources resolve to MLflow's own source types (local, s3, http...); simulated data is
@@ -172,7 +174,12 @@ def pandas_dataset(frame: pd.DataFrame, source: str, name: str, label: str) -> P
     else:
         dataset_source = resolve_dataset_source(source)
     return PandasDataset(
-        df=frame, source=dataset_source, targets=label, name=name, digest=fingerprint(frame)
+        df=frame,
+        source=dataset_source,
+        targets=label,
+        name=name,
+        digest=fingerprint(frame),
+        predictions=predictions,
     )
 
 
