@@ -20,7 +20,13 @@ Every alias move is read back: if another writer moved it in between, the step f
 from __future__ import annotations
 
 import getpass
+import json
 import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -53,6 +59,9 @@ COMPARED_CHAMPION_TAG = "fraud.compared_champion"
 PREVIOUS_CHAMPION_TAG = "fraud.previous_champion"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 DECISION_ARTIFACT = "decision.json"
+
+LOCK_SUFFIX = "--promotion-lock"
+LOCK_STALE_SECONDS = 120
 
 PROMOTED = "promoted"
 NOT_PROMOTED = "not promoted"
@@ -149,7 +158,17 @@ def _register(client: MlflowClient, config: RegisterConfig) -> str:
     number = str(version.version)
     client.set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, number)
     if decision.promote and current != number:
-        move_alias(client, config.model_name, CHAMPION_ALIAS, number, expected_before=current)
+        try:
+            move_alias(client, config.model_name, CHAMPION_ALIAS, number, expected_before=current)
+        except PromotionConflictError as error:
+            # The version stays a challenger, and says so: no tag may claim a promotion.
+            decision = Decision(NOT_PROMOTED, str(error))
+            client.set_model_version_tag(config.model_name, number, DECISION_TAG, decision.label)
+            client.set_model_version_tag(config.model_name, number, REASON_TAG, decision.reason)
+            if PREVIOUS_CHAMPION_TAG in version_tags:
+                client.delete_model_version_tag(config.model_name, number, PREVIOUS_CHAMPION_TAG)
+            _log_decision(decision, config.model_name, number, current)
+            raise
     _log_decision(decision, config.model_name, number, current)
     report = f"{config.model_name} version {number} {decision.label} ({decision.reason})"
     if decision.label == AWAITING_APPROVAL:
@@ -179,6 +198,8 @@ def _approve(client: MlflowClient, config: RegisterConfig) -> str:
     if not decision.promote:
         raise LineageError(f"{name} version {number} cannot be approved: {decision.reason}")
     stamp = _who_when_why(config.reason or "approved")
+    # The alias first: if another promotion wins the race, no tag claims this one happened.
+    move_alias(client, name, CHAMPION_ALIAS, number, expected_before=current)
     for key, value in {
         **{f"fraud.approved_{k}": v for k, v in stamp.items()},
         DECISION_TAG: PROMOTED,
@@ -186,7 +207,6 @@ def _approve(client: MlflowClient, config: RegisterConfig) -> str:
         **({PREVIOUS_CHAMPION_TAG: current} if current else {}),
     }.items():
         client.set_model_version_tag(name, number, key, value)
-    move_alias(client, name, CHAMPION_ALIAS, number, expected_before=current)
     mlflow.set_tags({"fraud.version": number, DECISION_TAG: PROMOTED})
     return f"{name} version {number} approved by {stamp['by']} and promoted (was {current})"
 
@@ -204,10 +224,10 @@ def _rollback(client: MlflowClient, config: RegisterConfig) -> str:
         )
     _get_version(client, name, previous)  # it must still exist
     stamp = _who_when_why(config.reason)
+    move_alias(client, name, CHAMPION_ALIAS, previous, expected_before=current)
     for key, value in stamp.items():
         client.set_model_version_tag(name, current, f"fraud.rolled_back_{key}", value)
     client.set_model_version_tag(name, previous, "fraud.restored_at", stamp["at"])
-    move_alias(client, name, CHAMPION_ALIAS, previous, expected_before=current)
     mlflow.set_tags(
         {"fraud.version": previous, "fraud.rolled_back_from": current, "fraud.reason": stamp["why"]}
     )
@@ -242,25 +262,62 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
 def move_alias(
     client: MlflowClient, name: str, alias: str, version: str, expected_before: str | None
 ) -> None:
-    """Point ``name@alias`` at ``version``, refusing if another writer moved it first.
+    """Point ``name@alias`` at ``version``, unless another writer moved it first.
 
-    The registry has no compare-and-set: the alias is checked just before the move and read
-    back just after, which turns a lost race into a loud error instead of a silent overwrite.
+    The registry has no compare-and-set for aliases, so the move happens under a promotion lock
+    (see ``promotion_lock``): the alias is checked, moved and read back while no other process
+    of this template can move it. Of two racing promotions, exactly one wins; the other fails
+    with ``PromotionConflictError``.
     """
-    before = alias_version(client, name, alias)
-    if before != expected_before:
-        raise PromotionConflictError(
-            f"{name}@{alias} moved to version {before} (expected {expected_before}) while this "
-            "step was deciding; re-run evaluate and register"
-        )
-    client.set_registered_model_alias(name, alias, version)
-    after = alias_version(client, name, alias)
-    if after != version:
-        raise PromotionConflictError(
-            f"{name}@{alias} is version {after} right after this step set it to {version}: "
-            "another promotion ran at the same time; re-run evaluate and register"
-        )
+    with promotion_lock(client, name):
+        before = alias_version(client, name, alias)
+        if before != expected_before:
+            raise PromotionConflictError(
+                f"{name}@{alias} moved to version {before} (expected {expected_before}) while "
+                "this step was deciding; re-run evaluate and register"
+            )
+        client.set_registered_model_alias(name, alias, version)
+        after = alias_version(client, name, alias)
+        if after != version:
+            raise PromotionConflictError(
+                f"{name}@{alias} is version {after} right after this step set it to {version}: "
+                "a promotion outside this template ran at the same time"
+            )
     logger.info("%s@%s -> version %s (was %s)", name, alias, version, before)
+
+
+@contextmanager
+def promotion_lock(client: MlflowClient, name: str) -> Iterator[None]:
+    """Hold the promotion lock of registered model ``name`` (on any tracking backend).
+
+    Creating a registered model is atomic in every MLflow store (its name is unique), so the
+    lock is a registered model named ``<name>--promotion-lock`` that exists while a promotion
+    is in progress. A lock older than ``LOCK_STALE_SECONDS`` (its holder died) is broken.
+    """
+    lock = f"{name}{LOCK_SUFFIX}"
+    holder = {"by": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid()}
+    for attempt in (1, 2):
+        try:
+            client.create_registered_model(
+                lock, description=json.dumps({**holder, "since": time.time()})
+            )
+            break
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            current = json.loads(client.get_registered_model(lock).description or "{}")
+            if attempt == 1 and time.time() - current.get("since", 0) > LOCK_STALE_SECONDS:
+                logger.warning("Breaking a stale promotion lock of %s held by %s", name, current)
+                client.delete_registered_model(lock)
+                continue
+            raise PromotionConflictError(
+                f"another promotion of {name} is in progress (held by {current.get('by')} on "
+                f"{current.get('host')}, pid {current.get('pid')}); re-run evaluate and register"
+            ) from error
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock)
 
 
 def _get_version(client: MlflowClient, name: str, number: str) -> ModelVersion:

@@ -149,3 +149,26 @@ def test_an_alias_moved_by_another_writer_is_detected(experiment):
     with pytest.raises(PromotionConflictError, match="moved to version 1 \\(expected 2\\)"):
         move_alias(client, MODEL, "champion", "2", expected_before="2")
     assert _alias("champion") == "1"
+
+
+def test_a_promotion_in_progress_elsewhere_is_reported(experiment, caplog):
+    from fraud_detection.config import EvaluateConfig
+    from fraud_detection.evaluation import evaluate
+    from fraud_detection.registry import promotion_lock
+    from tests.conftest import LENIENT_GATE
+
+    client = MlflowClient()
+    evaluate(EvaluateConfig(run_id=train_small(), gate=LENIENT_GATE))
+    with promotion_lock(client, MODEL):
+        code = main_with_exit_code(RegisterConfig, register, [], "register")
+    assert code == EXIT_FAILED
+    assert "another promotion of fraud-detector is in progress" in caplog.text
+    # Registered as a challenger that says it was not promoted; the lock is gone again.
+    version = client.get_model_version(MODEL, "1")
+    assert version.tags["fraud.decision"] == NOT_PROMOTED
+    assert "fraud.previous_champion" not in version.tags
+    assert {alias for alias in client.get_registered_model(MODEL).aliases} == {"challenger"}
+    assert [m.name for m in client.search_registered_models()] == [MODEL]
+    # The next attempt goes through.
+    register(RegisterConfig())
+    assert _alias("champion") == "1"
