@@ -22,7 +22,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 # Small enough for seconds, large enough that every window has both classes.
 SMALL_DATA = DataConfig(n_customers=500, n_terminals=1_000, n_days=60, seed=1)
-FAST_MODEL = ModelConfig(n_estimators=60, n_jobs=1)
+FAST_MODEL = ModelConfig(grid="none", n_estimators=60, checkpoint_every=20, n_jobs=1)
 LENIENT_GATE = GateConfig(min_roc_auc=0.5, min_average_precision=0.01)
 
 
@@ -84,3 +84,41 @@ def tiny_simulation(seed: int = 0, n_days: int = 20) -> pd.DataFrame:
     return simulate_transactions(
         SimulatorConfig(n_customers=100, n_terminals=200, n_days=n_days, seed=seed)
     )
+
+
+def latest_run(step: str, experiment_name: str = "fraud-detection"):
+    """The most recently started run of a pipeline step."""
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`fraud.step` = '{step}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0]
+
+
+def train_small(**model_changes) -> str:
+    """Run the train step on SMALL_DATA with FAST_MODEL (+ changes); return its run id."""
+    from dataclasses import replace
+
+    from fraud_detection.config import TrainConfig
+    from fraud_detection.training import train
+
+    train(TrainConfig(data=SMALL_DATA, model=replace(FAST_MODEL, **model_changes)))
+    return latest_run("train").info.run_id
+
+
+def evaluate_and_register(
+    train_run_id: str, gate: GateConfig = LENIENT_GATE, **register_options
+) -> tuple[str, str]:
+    """Evaluate a train run and register the result; return (evaluate, register) run ids."""
+    from fraud_detection.config import EvaluateConfig, RegisterConfig
+    from fraud_detection.evaluation import evaluate
+    from fraud_detection.registry import register
+
+    evaluate(EvaluateConfig(run_id=train_run_id, gate=gate))
+    evaluate_run_id = latest_run("evaluate").info.run_id
+    register(RegisterConfig(run_id=evaluate_run_id, **register_options))
+    return evaluate_run_id, latest_run("register").info.run_id

@@ -18,8 +18,8 @@ from tests.conftest import FAST_MODEL, LENIENT_GATE, SMALL_DATA, tiny_simulation
 @pytest.fixture
 def champion(experiment) -> str:
     train(TrainConfig(data=SMALL_DATA, model=FAST_MODEL))
-    evaluate(EvaluateConfig())
-    register(RegisterConfig(gate=LENIENT_GATE))
+    evaluate(EvaluateConfig(gate=LENIENT_GATE))
+    register(RegisterConfig())
     return "models:/fraud-detector@champion"
 
 

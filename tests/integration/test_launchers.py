@@ -158,8 +158,8 @@ def test_root_scripts_run_directly(tmp_path: Path) -> None:
     data_and_model = {key: value for key, value in SMALL_RUN.items() if key not in gate}
     commands = [
         ["train.py", *_flags(**data_and_model)],
-        ["evaluate.py"],  # the latest train run
-        ["register.py", *_flags(**gate)],  # the latest evaluate run
+        ["evaluate.py", *_flags(**gate)],  # the latest train run
+        ["register.py"],  # the latest evaluate run
     ]
     for command in commands:
         assert_succeeded(run_command([sys.executable, *command], env, cwd=project))
