@@ -182,10 +182,8 @@ def moto_s3(workdir: Path) -> Iterator[S3]:
 @dataclass(frozen=True)
 class TrackingServer:
     url: str
-    workdir: Path
     # What a client needs besides the URL (credentials; S3 access in direct mode).
     client_environment: dict[str, str] = field(default_factory=dict)
-    log: Path | None = None
 
 
 @contextmanager
@@ -201,10 +199,10 @@ def _tracking_server(
         **settings,
     )
     url = f"http://127.0.0.1:{port}"
-    log = workdir / "server.log"
-    with background_process(["bash", str(script)], log, env=env, cwd=workdir) as server:
+    command = ["bash", str(script)]
+    with background_process(command, workdir / "server.log", env=env, cwd=workdir) as server:
         server.wait_until(lambda: http_ok(f"{url}/health"), SERVER_START_TIMEOUT_S, script.name)
-        yield TrackingServer(url=url, workdir=workdir, log=log)
+        yield TrackingServer(url)
 
 
 @contextmanager
@@ -250,7 +248,7 @@ def production_server(
         assert status == 200, body
         credentials = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": USER_PASSWORD}
         client = credentials if proxied else {**credentials, **s3.client_environment}
-        yield TrackingServer(server.url, workdir, client, server.log)
+        yield TrackingServer(server.url, client)
 
 
 def git(*args: str, cwd: Path) -> str:
