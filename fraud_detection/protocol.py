@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -34,6 +35,7 @@ PARAMS_KEY = "params"
 # Signature column types this service can check and feed to a model as numbers.
 NUMERIC_TYPES = ("double", "float", "long", "integer", "boolean")
 _INTEGER_TYPES = ("long", "integer")
+_ABSENT = object()
 
 
 class RequestError(Exception):
@@ -241,24 +243,20 @@ def _from_records(data: Any, schema: InputSchema, input_format: str) -> np.ndarr
 
 def _from_columns(data: Mapping[str, Any], schema: InputSchema, input_format: str) -> np.ndarray:
     _require_columns(schema, data)
-    arrays = []
-    length = None
-    for column in schema.columns:
-        values = data.get(column.name)
-        if column.name not in data:
-            arrays.append(None)
-            continue
-        values = values if isinstance(values, list) else [values]
-        if length is not None and len(values) != length:
+    given = {
+        column.name: values if isinstance(values, list) else [values]
+        for column in schema.columns
+        if (values := data.get(column.name, _ABSENT)) is not _ABSENT
+    }
+    lengths = Counter(len(values) for values in given.values())
+    rows = lengths.most_common(1)[0][0] if lengths else 0
+    for name, values in given.items():
+        if len(values) != rows:
             raise bad_request(
-                f"{input_format}: column {column.name} has {len(values)} values, the others "
-                f"{length}"
+                f"{input_format}: column {name} has {len(values)} values, the others {rows}"
             )
-        length = len(values)
-        arrays.append(values)
-    rows = length or 0
-    filled = [values if values is not None else [None] * rows for values in arrays]
-    return _to_matrix(list(zip(*filled, strict=True)), schema)
+    columns = [given.get(column.name, [None] * rows) for column in schema.columns]
+    return _to_matrix(list(zip(*columns, strict=True)), schema)
 
 
 def _require_columns(schema: InputSchema, present: Any) -> None:
@@ -299,7 +297,7 @@ def _to_matrix(rows: Sequence[Sequence[Any]], schema: InputSchema) -> np.ndarray
 
 def _value_problem(value: Any, required: bool) -> str | None:
     if value is None:
-        return "is null" if required else None
+        return "is missing (null or NaN)" if required else None
     if isinstance(value, bool | int | float):
         try:
             float(value)
