@@ -279,7 +279,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def run_uvicorn(app: Any, sock: socket.socket) -> None:
-    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM (the settings every worker shares)."""
+    """Serve ``app`` on ``sock`` until SIGINT/SIGTERM (the settings every worker shares).
+
+    uvicorn shuts down gracefully on those signals, then raises the signal again for the
+    handler that was there before it; the no-op handler installed here turns that into a
+    normal return, so that the caller cleans up and the process exits 0.
+    """
     import uvicorn
 
     config = uvicorn.Config(
@@ -288,13 +293,20 @@ def run_uvicorn(app: Any, sock: socket.socket) -> None:
         access_log=False,  # a log line per request costs more than scoring one
         lifespan="on",
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in stop_signals}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve_api(config: ApiConfig) -> str:
     """Serve ``config.model_uri`` over HTTP until stopped (SIGINT or SIGTERM)."""
     sock = listening_socket(config.host, config.port)
     host, port = sock.getsockname()[:2]
+    logger.info("Listening on http://%s:%d", host, port)
     try:
         if config.workers == 1:
             _serve_worker(config, sock)
