@@ -168,15 +168,21 @@ class ModelFollower:
             other URI MLflow can load (served as it is).
         poll_seconds: How often to ask the registry where the alias points; 0 never asks.
         client: Registry client (default: MLflow's, from the environment).
+        after_swap: Called (in the follower's thread) once a new version serves.
     """
 
     def __init__(
-        self, model_uri: str, poll_seconds: float, client: MlflowClient | None = None
+        self,
+        model_uri: str,
+        poll_seconds: float,
+        client: MlflowClient | None = None,
+        after_swap: Callable[[], None] | None = None,
     ) -> None:
         self.model_uri = model_uri
         self.poll_seconds = poll_seconds
         self.target = registry_target(model_uri)
         self._client = client
+        self._after_swap = after_swap
         self._current: ServedModel | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -230,6 +236,8 @@ class ModelFollower:
         logger.info("Now serving %s version %s", self.target.name, replacement.version)
         # Requests that already hold the old model keep it alive; its files are no longer read.
         shutil.rmtree(previous.directory, ignore_errors=True)
+        if self._after_swap is not None:
+            self._after_swap()
         return True
 
     def start(self) -> None:
