@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -190,6 +190,10 @@ def create_app(follower: ModelFollower, max_body_bytes: int) -> Starlette:
             )
         except RequestError as error:
             response = Response(error.body(), status_code=error.status, media_type=JSON)
+        except ClientDisconnect:
+            # The client left before sending its whole body: nobody to answer. 499 is nginx's
+            # status for it, kept for the metrics.
+            response = Response(status_code=499)
         # Whatever else goes wrong is a bug or a broken model: log it here with its traceback,
         # answer 500 without one, and keep serving.
         except Exception:
