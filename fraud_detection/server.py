@@ -326,12 +326,22 @@ def serve_api(config: ApiConfig) -> str:
 
 def _serve_worker(config: ApiConfig, sock: socket.socket) -> None:
     follower = ModelFollower(config.model_uri, config.poll_seconds, after_swap=settle_memory)
-    follower.load()
+    # Stopped while loading (before uvicorn handles signals): unwind, so the model's local
+    # files are removed, instead of dying on the spot.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    try:
+        follower.load()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     settle_memory()
     try:
         run_uvicorn(create_app(follower, config.max_body_bytes), sock)
     finally:
         follower.close()
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def settle_memory() -> None:
