@@ -213,6 +213,13 @@ def test_predictions_are_written_byte_for_byte_as_mlflow_writes_them():
     mlflow_json = io.StringIO()
     predictions_to_json(pd.DataFrame(outputs), mlflow_json)
     assert predictions_json(outputs) == mlflow_json.getvalue().encode()
+    for outputs in (
+        {'{odd} "name"': np.array([1.5, -2.0]), "ok": np.array([True, False])},  # fast path
+        {"p": np.array([0.5, np.nan]), "label": np.array(["a", "b"])},  # json.dumps path
+    ):
+        mlflow_json = io.StringIO()
+        predictions_to_json(pd.DataFrame(outputs), mlflow_json)
+        assert predictions_json(outputs) == mlflow_json.getvalue().encode()
     array_json = io.StringIO()
     predictions_to_json(np.array([0.5, 0.25]), array_json)
     assert predictions_json(np.array([0.5, 0.25])) == array_json.getvalue().encode()
