@@ -247,6 +247,17 @@ def test_an_unknown_model_stops_the_service_before_it_starts(tracking_uri, caplo
     assert "cannot resolve models:/nope@champion" in caplog.text
 
 
+def test_a_busy_port_is_one_clear_line(tracking_uri, caplog):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert _api("--port", str(port)) == EXIT_FAILED
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [

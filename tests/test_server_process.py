@@ -27,6 +27,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 from mlflow.tracking import MlflowClient
 
 from fraud_detection.features import FEATURE_COLUMNS, add_features
@@ -172,9 +173,16 @@ def test_a_client_of_mlflow_models_serve_works_unchanged(store, rows, tmp_path):
             missing = json.dumps({"dataframe_records": [{"TX_AMOUNT": 1.0}]}).encode()
             answers[name]["missing column"] = _request(connection, missing)[::2]
             connection.close()
+            # MLflow's own Python client for its scoring server.
+            host, port = base.split(":")
+            client = ScoringServerClient(host, int(port))
+            answers[name]["mlflow client"] = client.invoke(rows).get_predictions()
     for key in requests:
         assert answers["ours"][key][0] == 200, key
         assert answers["ours"][key] == answers["mlflow"][key], key
+    pd.testing.assert_frame_equal(
+        answers["ours"]["mlflow client"], answers["mlflow"]["mlflow client"]
+    )
     assert answers["mlflow"]["missing column"][0] == answers["ours"]["missing column"][0] == 400
     message = json.loads(answers["ours"]["missing column"][1])["message"]
     assert message.startswith("missing required column(s): TX_DURING_WEEKEND, ")
