@@ -238,7 +238,12 @@ class Scorer:
         return cls(fitted.spec.kind, estimator, tuple(features), fitted.params)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        values = _matrix(frame, self.features)
+        return self.predict_proba_values(_matrix(frame, self.features))
+
+    def predict_proba_values(self, values: np.ndarray) -> np.ndarray:
+        """Fraud probabilities for a matrix whose columns are ``self.features``, in order."""
+        # float32 is what the trees were fitted on; casting here keeps every caller identical.
+        values = np.asarray(values, dtype=np.float32)
         if self.kind == "xgboost":
             return np.asarray(self.estimator.inplace_predict(values), dtype=np.float64)
         return self.estimator.predict_proba(values)[:, 1]
@@ -294,14 +299,17 @@ def feature_importance(scorer: Scorer) -> pd.Series:
     return pd.Series(values, index=list(scorer.features), dtype=float).sort_values()
 
 
+def predictions_columns(probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """The model's output columns: fraud probability and the 0/1 decision at ``threshold``."""
+    return {
+        PROBABILITY_COLUMN: probabilities.astype(np.float64),
+        DECISION_COLUMN: (probabilities >= threshold).astype(np.int64),
+    }
+
+
 def predictions_frame(probabilities: np.ndarray, threshold: float) -> pd.DataFrame:
-    """The model's output: fraud probability and the 0/1 decision at ``threshold``."""
-    return pd.DataFrame(
-        {
-            PROBABILITY_COLUMN: probabilities.astype(np.float64),
-            DECISION_COLUMN: (probabilities >= threshold).astype(np.int64),
-        }
-    )
+    """The model's output as a DataFrame (what the pyfunc returns)."""
+    return pd.DataFrame(predictions_columns(probabilities, threshold))
 
 
 def model_signature(features: Sequence[str]) -> ModelSignature:
@@ -365,3 +373,12 @@ class FraudDetector(PythonModel):
     ) -> pd.DataFrame:
         probabilities = self.scorer.predict_proba(model_input)
         return predictions_frame(probabilities, self.threshold)
+
+    def predict_values(self, values: np.ndarray) -> dict[str, np.ndarray]:
+        """``predict`` without pandas, for callers that checked the input themselves.
+
+        ``values`` holds one row per transaction and one column per feature, in the order of
+        ``self.scorer.features`` (the signature's order). Scoring services use this to skip the
+        DataFrame round trip, which costs more than the model itself on a single row.
+        """
+        return predictions_columns(self.scorer.predict_proba_values(values), self.threshold)

@@ -32,7 +32,7 @@ from mlflow.utils.time import get_current_time_millis
 from fraud_detection.cli import flatten
 from fraud_detection.config import DataConfig, SplitConfig, TrainConfig
 from fraud_detection.data import Transactions, load_transactions, require_both_classes
-from fraud_detection.errors import PipelineError
+from fraud_detection.errors import DataError, PipelineError
 from fraud_detection.features import add_features
 from fraud_detection.metrics import RANKING_METRICS, fraud_metrics
 from fraud_detection.model import (
@@ -93,7 +93,10 @@ def prepare_data(data_config: DataConfig, split_config: SplitConfig) -> Prepared
     table = transactions.table
     if data_config.engineered_features:
         table = add_features(table, columns, delay_days=split_config.delay_days)
-    split = plan_split(table, columns.timestamp_column, split_config)
+    try:
+        split = plan_split(table, columns.timestamp_column, split_config)
+    except DataError as error:
+        raise DataError(f"{transactions.source}: {error}") from error
     return PreparedData(transactions, table, split, data_config.model_features)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -122,3 +123,54 @@ def evaluate_and_register(
     evaluate_run_id = latest_run("evaluate").info.run_id
     register(RegisterConfig(run_id=evaluate_run_id, **register_options))
     return evaluate_run_id, latest_run("register").info.run_id
+
+
+# --- a registry with two model versions, for the serving tests --------------------------------
+
+MODEL_NAME = "fraud-detector"
+# A second, different model (fewer rounds, XGBoost only): its scores differ from version 1's, so
+# a test can tell which version answered.
+SECOND_MODEL_CHANGES = {"model_kinds": "xgboost", "n_estimators": 15, "max_depth": 3}
+
+
+@dataclass(frozen=True)
+class TwoVersionStore:
+    """A tracking store where version 1 is @champion and version 2 is @challenger."""
+
+    database: Path  # the SQLite file to copy; artifacts stay where they are (read only)
+
+
+@pytest.fixture(scope="session")
+def two_version_store(
+    tmp_path_factory: pytest.TempPathFactory, migrated_store: Path
+) -> TwoVersionStore:
+    """Train, evaluate and register two models once per session (about 10 s)."""
+    root = tmp_path_factory.mktemp("two-versions")
+    database = root / "mlflow.db"
+    shutil.copy(migrated_store, database)
+    uri = f"sqlite:///{database}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+            patch.delenv(name, raising=False)
+        mlflow.set_tracking_uri(uri)
+        try:
+            client = mlflow.MlflowClient()
+            client.create_experiment(
+                "fraud-detection", artifact_location=(root / "artifacts").as_uri()
+            )
+            for changes in ({}, SECOND_MODEL_CHANGES):
+                evaluate_and_register(train_small(**changes))
+            client.set_registered_model_alias(MODEL_NAME, "champion", "1")
+            client.set_registered_model_alias(MODEL_NAME, "challenger", "2")
+        finally:
+            mlflow.set_tracking_uri(None)
+    return TwoVersionStore(database)
+
+
+@pytest.fixture
+def registry(two_version_store: TwoVersionStore, tracking_uri: str, tmp_path: Path) -> str:
+    """This test's own copy of the two-version registry (aliases can be moved freely)."""
+    shutil.copy(two_version_store.database, tmp_path / "mlflow.db")
+    return tracking_uri
