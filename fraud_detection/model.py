@@ -6,8 +6,8 @@ just the package code (``code_paths``), the estimator in its own format and a sm
 
 - XGBoost boosters are saved in XGBoost's own UBJSON format and scored with ``inplace_predict``
   (no DMatrix copy; the fastest path for small requests).
-- scikit-learn estimators (the logistic-regression baseline) are saved with skops, the safe
-  format MLflow's own sklearn flavor uses, instead of pickle.
+- scikit-learn estimators (the logistic-regression and random-forest baselines) are saved with
+  skops, the safe format MLflow's own sklearn flavor uses, instead of pickle.
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ PACKAGE_DIR = Path(__file__).parent
 
 
 def build_estimator(kind: str, config: ModelConfig, labels: pd.Series) -> Any:
-    """Return an unfitted estimator of ``kind`` ("xgboost" or "logistic_regression")."""
+    """Return an unfitted estimator of ``kind`` (one of ``config.MODEL_KINDS``).
+
+    XGBoost takes its hyperparameters from ``config``; the two baselines use the settings of
+    the book's chapter 3.4 (scikit-learn's defaults of its time).
+    """
     n_jobs = config.n_jobs or os.cpu_count() or 1
     if kind == "xgboost":
         from xgboost import XGBClassifier
@@ -55,6 +59,7 @@ def build_estimator(kind: str, config: ModelConfig, labels: pd.Series) -> Any:
             learning_rate=config.learning_rate,
             scale_pos_weight=weight,
             tree_method="hist",
+            max_bin=config.max_bin,
             n_jobs=n_jobs,
             random_state=0,
             eval_metric="aucpr",
@@ -65,6 +70,10 @@ def build_estimator(kind: str, config: ModelConfig, labels: pd.Series) -> Any:
         from sklearn.preprocessing import StandardScaler
 
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1_000))
+    if kind == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_estimators=100, n_jobs=n_jobs, random_state=0)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -74,10 +83,12 @@ def estimator_params(kind: str, estimator: Any) -> dict[str, Any]:
         params = estimator.get_xgb_params()
         params["n_estimators"] = estimator.n_estimators
     else:
+        # A pipeline's own parameters are its steps; the steps' settings are "step__name".
+        nested = hasattr(estimator, "steps")
         params = {
             key: value
             for key, value in estimator.get_params().items()
-            if "__" in key and isinstance(value, (int, float, str, bool))
+            if ("__" in key or not nested) and isinstance(value, (int, float, str, bool))
         }
     return {key: value for key, value in params.items() if value is not None}
 
