@@ -1,19 +1,22 @@
-"""Serve a registered model: score a file of transactions with @champion (or any model URI).
+"""Serve a registered model: score a file of transactions, or answer REST scoring requests.
 
-    python serve.py batch --input transactions.csv --output scored.csv
-    python serve.py batch --model-uri models:/fraud-detector/3 --input t.parquet --output s.parquet
+    python serve.py batch --input transactions.csv --output scored.parquet
+    python serve.py batch --model-uri models:/fraud-detector/3 --input t.parquet --output s.csv
+    python serve.py api --model-uri models:/fraud-detector@champion --port 8080
 
-For a REST endpoint, MLflow's own scoring server serves the same model:
-    mlflow models serve -m models:/fraud-detector@champion --env-manager local -p 5001
+`api` speaks MLflow's scoring protocol (POST /invocations, as `mlflow models serve` does) and
+follows the alias: when @champion moves, the new version is served within --poll-seconds.
 """
 
 import sys
 
 from fraud_detection.cli import Command, main_with_commands
+from fraud_detection.server import ApiConfig, serve_api
 from fraud_detection.serving import BatchConfig, score_batch
 
 COMMANDS = {
     "batch": Command(BatchConfig, score_batch, "Score a CSV or Parquet file into another file."),
+    "api": Command(ApiConfig, serve_api, "Answer scoring requests over HTTP until stopped."),
 }
 
 if __name__ == "__main__":

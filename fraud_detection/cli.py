@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import logging
+import os
 import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
+import mlflow
+from mlflow.tracking import MlflowClient
+
 from fraud_detection.config import ConfigError
-from fraud_detection.errors import PipelineError
+from fraud_detection.errors import PipelineError, is_unreachable
+from fraud_detection.recovery import fail_remembered_runs
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +85,18 @@ def flatten(config: Any) -> dict[str, Any]:
     return flat
 
 
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+
+
 def _convert(name: str, field_type: type, value: Any) -> Any:
     if isinstance(value, field_type) and not (field_type is int and isinstance(value, bool)):
         return value
     text = str(value).strip()
+    if field_type is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
     try:
         if field_type is int:
             number = float(text)
@@ -98,12 +113,15 @@ def _convert(name: str, field_type: type, value: Any) -> Any:
 def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
     """Add one ``--flag`` per leaf parameter of ``config_type`` to ``parser``."""
     for leaf in leaves(config_type):
+        # A bool flag alone means true (--rollback); MLproject passes it a value (false).
+        switch = {"nargs": "?", "const": "true"} if leaf.type is bool else {}
         parser.add_argument(
             "--" + leaf.name.replace("_", "-"),
             dest=leaf.name,
             default=leaf.default,
             help=leaf.help or None,
             metavar=leaf.type.__name__.upper(),
+            **switch,
         )
 
 
@@ -114,6 +132,41 @@ def parse_config(config_type: type[C], argv: Sequence[str] | None, description: 
     )
     add_arguments(parser, config_type)
     return build_config(config_type, vars(parser.parse_args(argv)))
+
+
+# MLflow's client retries a failing request 7 times with a backoff factor of 2 and a 120 s
+# timeout: a dead server stalls a step for about eight minutes. These defaults retry for about
+# 30 s, which rides out a server restart; set the variables yourself to choose otherwise.
+CLIENT_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+def prepare_tracking_client() -> None:
+    """Set the client's retry budget, initialise a new SQLite store safely, recover runs.
+
+    Several processes opening a brand-new SQLite store at once race to create its tables
+    (MLflow 3.17 then fails with "table already exists" or an alembic error); the first
+    process creates them under a file lock while the others wait.
+    """
+    for name, value in CLIENT_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{database}.init-lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                MlflowClient().search_experiments(max_results=1)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        fail_remembered_runs()
+    except Exception as error:  # noqa: BLE001 - recovery is best effort; the step goes on
+        logger.warning("Could not mark the runs of an earlier outage FAILED yet: %s", error)
 
 
 def configure_logging() -> None:
@@ -182,12 +235,22 @@ def main_with_commands(
 
 def _run_step(step: Callable[[C], str], config: C) -> int:
     try:
+        prepare_tracking_client()
         report = step(config)
     except ConfigError as error:
         logger.error("Invalid parameter: %s", error)
         return EXIT_BAD_PARAMETERS
     except PipelineError as error:
         logger.error("%s", error)
+        return EXIT_FAILED
+    except Exception as error:
+        if not is_unreachable(error):
+            raise  # a bug: keep the stack trace
+        logger.error(
+            "the tracking server %s did not answer: %s",
+            mlflow.get_tracking_uri(),
+            str(error).splitlines()[0][:300],
+        )
         return EXIT_FAILED
     print(report)  # the command's final report
     return EXIT_OK

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
 
 CARD_PRECISION_K = 100
+# The threshold-free metrics every step reports, in this order.
+RANKING_METRICS = ("roc_auc", "average_precision", f"card_precision_at_{CARD_PRECISION_K}")
 
 
 def card_precision_at_k(
@@ -87,3 +94,37 @@ def best_f1_threshold(labels: np.ndarray | pd.Series, scores: np.ndarray | pd.Se
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     best = np.flatnonzero(f1 == f1.max())[-1]
     return float(thresholds[best])
+
+
+def savings(
+    labels: np.ndarray | pd.Series,
+    decisions: np.ndarray | pd.Series,
+    amounts: np.ndarray | pd.Series,
+    review_cost: float,
+) -> float:
+    """Money saved by the alerts: fraud amounts caught minus ``review_cost`` per alert."""
+    labels, decisions = np.asarray(labels), np.asarray(decisions)
+    caught = np.asarray(amounts, dtype=np.float64)[(labels == 1) & (decisions == 1)].sum()
+    return float(caught - review_cost * decisions.sum())
+
+
+def savings_curve(
+    labels: np.ndarray | pd.Series,
+    scores: np.ndarray | pd.Series,
+    amounts: np.ndarray | pd.Series,
+    review_cost: float,
+    thresholds: np.ndarray,
+) -> np.ndarray:
+    """``savings`` at each threshold (alert when score >= threshold)."""
+    scores = np.asarray(scores)
+    return np.array(
+        [savings(labels, scores >= threshold, amounts, review_cost) for threshold in thresholds]
+    )
+
+
+def recall_at_false_positive_rate(
+    labels: np.ndarray | pd.Series, scores: np.ndarray | pd.Series, rate: float = 0.01
+) -> float:
+    """The highest share of frauds caught while flagging at most ``rate`` of genuine rows."""
+    false_positive_rate, true_positive_rate, _ = roc_curve(labels, scores)
+    return float(true_positive_rate[false_positive_rate <= rate].max())

@@ -1,20 +1,34 @@
-"""The register step: register the evaluated model, gate it, move @champion only when it earns it.
+"""The register step: register the evaluated model and move the aliases; approve; roll back.
 
-A version is created once per logged model (re-running register for the same evaluation reuses
-it) and carries its lineage and the decision as tags from the moment it exists, so there is no
-state in which a version exists without them. ``@challenger`` always points at the newest
-registered candidate; ``@champion`` moves only when every criterion holds:
+``register`` (the default action) creates one version per logged model (re-running it for the
+same evaluation reuses the version) with its lineage and the decision as tags from the moment it
+exists, so no version ever exists without them. ``@challenger`` always points at the newest
+registered candidate. ``@champion`` moves only when:
 
-- absolute floors on the test metrics (``GateConfig``);
-- no worse than the current champion, measured on the same test rows by ``evaluate``, and that
-  champion is still the one evaluate compared against.
+- the evaluation passed its gate (floors, and no worse than the champion on the same rows:
+  see ``evaluation.check_gate``), and
+- the champion is still the version that evaluation compared against, and
+- no human approval is required (``--require-approval``); otherwise a reviewer promotes the
+  version later with ``--approve-version N``.
+
+``--rollback --reason "..."`` moves ``@champion`` back to the version the current champion
+replaced (recorded on it when it was promoted) and records who, when and why.
+
+Every alias move is read back: if another writer moved it in between, the step fails loudly.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 import mlflow
 from mlflow.entities import Run
@@ -23,163 +37,209 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fraud_detection.cli import flatten
-from fraud_detection.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, GateConfig, RegisterConfig
+from fraud_detection.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, RegisterConfig
 from fraud_detection.errors import LineageError, PromotionConflictError
 from fraud_detection.evaluation import (
-    CHAMPION_COMPARISON_TAG,
-    CHAMPION_PREFIX,
     CHAMPION_VERSION_TAG,
+    GATE_REPORT_TAG,
+    GATE_TAG,
     TEST_PREFIX,
     TRAIN_RUN_TAG,
 )
-from fraud_detection.metrics import CARD_PRECISION_K
+from fraud_detection.metrics import RANKING_METRICS
 from fraud_detection.tracking import find_step_run, step_run
 from fraud_detection.training import DATA_FINGERPRINT_PARAM, MODEL_ID_TAG
 
 logger = logging.getLogger(__name__)
 
-GATED_METRICS = ("roc_auc", "average_precision", f"card_precision_at_{CARD_PRECISION_K}")
 EVALUATE_RUN_TAG = "fraud.evaluate_run_id"
 DECISION_TAG = "fraud.decision"
 REASON_TAG = "fraud.decision_reason"
+COMPARED_CHAMPION_TAG = "fraud.compared_champion"
 PREVIOUS_CHAMPION_TAG = "fraud.previous_champion"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
+DECISION_ARTIFACT = "decision.json"
 
+LOCK_SUFFIX = "--promotion-lock"
+LOCK_STALE_SECONDS = 120
 
-@dataclass(frozen=True)
-class Criterion:
-    name: str
-    passed: bool
-    detail: str
+PROMOTED = "promoted"
+NOT_PROMOTED = "not promoted"
+AWAITING_APPROVAL = "awaiting approval"
 
 
 @dataclass(frozen=True)
 class Decision:
-    promote: bool
+    label: str  # PROMOTED, NOT_PROMOTED or AWAITING_APPROVAL
     reason: str
-    criteria: tuple[Criterion, ...]
 
     @property
-    def label(self) -> str:
-        return "promoted" if self.promote else "not promoted"
+    def promote(self) -> bool:
+        return self.label == PROMOTED
 
 
 def decide_promotion(
-    candidate: dict[str, float],
-    champion: dict[str, float],
-    gate: GateConfig,
+    gate_passed: bool,
+    gate_report: str,
     compared_version: str | None,
     current_version: str | None,
-    comparison_status: str,
+    require_approval: bool,
 ) -> Decision:
-    """Apply the promotion criteria; a pure function of metrics and registry state.
+    """Whether a registered candidate becomes champion now: a pure function of the facts.
 
     Args:
-        candidate: The candidate's test metrics (names without prefix).
-        champion: The champion's metrics on the same rows (empty when there is no champion).
-        gate: Floors and the tolerance against the champion.
-        compared_version: Champion version that evaluate scored (None: there was none).
-        current_version: Champion version now (None: there is none).
-        comparison_status: What evaluate recorded about the comparison.
+        gate_passed: The evaluation's gate outcome.
+        gate_report: Why, in the evaluation's words.
+        compared_version: Champion version the evaluation compared against (None: none).
+        current_version: Champion version now (None: none).
+        require_approval: A human must approve every promotion.
     """
-    floors = {
-        "roc_auc": gate.min_roc_auc,
-        "average_precision": gate.min_average_precision,
-        f"card_precision_at_{CARD_PRECISION_K}": gate.min_card_precision_at_100,
-    }
-    criteria = []
-    for name, floor in floors.items():
-        value = candidate.get(name)
-        if value is None:
-            criteria.append(Criterion(f"min_{name}", floor == 0, f"not measured (floor {floor})"))
-        else:
-            criteria.append(
-                Criterion(f"min_{name}", value >= floor, f"{value:.4f} vs floor {floor:.4f}")
-            )
-    if current_version is None:
-        criteria.append(Criterion("beats_champion", True, "no champion yet"))
-    elif current_version != compared_version:
-        criteria.append(
-            Criterion(
-                "beats_champion",
-                False,
-                f"champion is version {current_version} but evaluate compared against "
-                f"{compared_version or 'none'}; re-run evaluate",
-            )
+    if not gate_passed:
+        return Decision(NOT_PROMOTED, f"gate failed: {gate_report}")
+    if current_version != compared_version:
+        return Decision(
+            NOT_PROMOTED,
+            f"champion is version {current_version or 'none'} but evaluate compared against "
+            f"{compared_version or 'none'}; re-run evaluate",
         )
-    elif not champion:
-        criteria.append(Criterion("beats_champion", False, f"no comparison ({comparison_status})"))
-    else:
-        for name in GATED_METRICS:
-            if name in candidate and name in champion:
-                margin = candidate[name] - champion[name]
-                criteria.append(
-                    Criterion(
-                        f"not_worse_{name}",
-                        margin >= -gate.champion_tolerance,
-                        f"{candidate[name]:.4f} vs champion v{current_version} "
-                        f"{champion[name]:.4f} (tolerance {gate.champion_tolerance})",
-                    )
-                )
-    failed = [c for c in criteria if not c.passed]
-    reason = (
-        "all criteria hold"
-        if not failed
-        else "; ".join(f"{c.name} failed: {c.detail}" for c in failed)
-    )
-    return Decision(promote=not failed, reason=reason, criteria=tuple(criteria))
+    if require_approval:
+        return Decision(AWAITING_APPROVAL, "gate passed; a reviewer must approve the promotion")
+    return Decision(PROMOTED, f"gate passed: {gate_report}")
 
 
 def register(config: RegisterConfig) -> str:
-    """Run the register step; return a one-paragraph report."""
-    client = MlflowClient()
+    """Run the register step (or approve, or roll back); return a one-paragraph report."""
     with step_run("register", config.tracking.experiment_name, flatten(config)) as run:
-        evaluation = find_step_run(config.tracking.experiment_name, "evaluate", config.run_id)
-        model_id = evaluation.data.tags.get(MODEL_ID_TAG)
-        train_run_id = evaluation.data.tags.get(TRAIN_RUN_TAG)
-        if not model_id or not train_run_id:
-            raise LineageError(f"evaluate run {evaluation.info.run_id} lacks its lineage tags")
-        train_run = client.get_run(train_run_id)
-        mlflow.set_tags({EVALUATE_RUN_TAG: evaluation.info.run_id, MODEL_ID_TAG: model_id})
-
-        metrics = evaluation.data.metrics
-        candidate = {
-            k: metrics[TEST_PREFIX + k] for k in GATED_METRICS if TEST_PREFIX + k in metrics
-        }
-        champion_metrics = {
-            k: metrics[CHAMPION_PREFIX + k] for k in GATED_METRICS if CHAMPION_PREFIX + k in metrics
-        }
-        _ensure_registered_model(client, config.model_name)
-        current = _alias_version(client, config.model_name, CHAMPION_ALIAS)
-        version = _existing_version(client, config.model_name, train_run_id, model_id)
-        if version is not None and current == str(version.version):
-            decision = Decision(True, f"version {version.version} is already champion", ())
+        client = MlflowClient()
+        mlflow.set_tag("fraud.action", config.action)
+        if config.action == "rollback":
+            report = _rollback(client, config)
+        elif config.action == "approve":
+            report = _approve(client, config)
         else:
-            decision = decide_promotion(
-                candidate,
-                champion_metrics,
-                config.gate,
-                evaluation.data.tags.get(CHAMPION_VERSION_TAG),
-                current,
-                evaluation.data.tags.get(CHAMPION_COMPARISON_TAG, "unknown"),
-            )
-        tags = _version_tags(evaluation, train_run, candidate, decision, current)
-        if version is None:
-            version = mlflow.register_model(f"models:/{model_id}", config.model_name, tags=tags)
-        else:
-            logger.info("Model %s is already version %s: reusing it", model_id, version.version)
-            for key, value in tags.items():
-                client.set_model_version_tag(config.model_name, version.version, key, value)
+            report = _register(client, config)
+        return f"register run {run.info.run_id}: {report}"
 
-        number = str(version.version)
-        client.set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, number)
-        if decision.promote and current != number:
-            _move_champion(client, config.model_name, number)
-        _log_decision(decision, config.model_name, number, current)
-        return (
-            f"register run {run.info.run_id}: {config.model_name} version {number} "
-            f"{decision.label} ({decision.reason})"
+
+def _register(client: MlflowClient, config: RegisterConfig) -> str:
+    evaluation = find_step_run(config.tracking.experiment_name, "evaluate", config.run_id)
+    tags = evaluation.data.tags
+    model_id, train_run_id = tags.get(MODEL_ID_TAG), tags.get(TRAIN_RUN_TAG)
+    if not model_id or not train_run_id or GATE_TAG not in tags:
+        raise LineageError(f"evaluate run {evaluation.info.run_id} lacks its lineage or gate tags")
+    train_run = client.get_run(train_run_id)
+    mlflow.set_tags({EVALUATE_RUN_TAG: evaluation.info.run_id, MODEL_ID_TAG: model_id})
+
+    _ensure_registered_model(client, config.model_name)
+    current = alias_version(client, config.model_name, CHAMPION_ALIAS)
+    compared = tags.get(CHAMPION_VERSION_TAG)
+    version = _existing_version(client, config.model_name, train_run_id, model_id)
+    if version is not None and current == str(version.version):
+        decision = Decision(PROMOTED, f"version {version.version} is already champion")
+    else:
+        decision = decide_promotion(
+            tags[GATE_TAG] == "passed",
+            tags.get(GATE_REPORT_TAG, ""),
+            compared,
+            current,
+            config.require_approval,
         )
+    version_tags = _version_tags(evaluation, train_run, decision, compared)
+    already_champion = version is not None and current == str(version.version)
+    if decision.promote and current is not None and not already_champion:
+        version_tags[PREVIOUS_CHAMPION_TAG] = current
+    if version is None:
+        # Tags are part of the creation call: the version never exists without them.
+        version = mlflow.register_model(f"models:/{model_id}", config.model_name, tags=version_tags)
+    else:
+        logger.info("Model %s is already version %s: reusing it", model_id, version.version)
+        for key, value in version_tags.items():
+            client.set_model_version_tag(config.model_name, version.version, key, value)
+    number = str(version.version)
+    client.set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, number)
+    if decision.promote and current != number:
+        try:
+            move_alias(client, config.model_name, CHAMPION_ALIAS, number, expected_before=current)
+        except PromotionConflictError as error:
+            # The version stays a challenger, and says so: no tag may claim a promotion.
+            decision = Decision(NOT_PROMOTED, str(error))
+            client.set_model_version_tag(config.model_name, number, DECISION_TAG, decision.label)
+            client.set_model_version_tag(config.model_name, number, REASON_TAG, decision.reason)
+            if PREVIOUS_CHAMPION_TAG in version_tags:
+                client.delete_model_version_tag(config.model_name, number, PREVIOUS_CHAMPION_TAG)
+            _log_decision(decision, config.model_name, number, current)
+            raise
+    _log_decision(decision, config.model_name, number, current)
+    report = f"{config.model_name} version {number} {decision.label} ({decision.reason})"
+    if decision.label == AWAITING_APPROVAL:
+        command = (
+            f"python register.py --model-name {config.model_name} --approve-version {number} "
+            f'--reason "<why>"'
+        )
+        report += f". To promote it after review: {command}"
+    return report
+
+
+def _approve(client: MlflowClient, config: RegisterConfig) -> str:
+    """Promote a version a reviewer approved, if its evaluation still holds."""
+    name, number = config.model_name, config.approve_version
+    version = _get_version(client, name, number)
+    current = alias_version(client, name, CHAMPION_ALIAS)
+    if current == number:
+        raise LineageError(f"{name} version {number} is already @{CHAMPION_ALIAS}")
+    compared = version.tags.get(COMPARED_CHAMPION_TAG) or None
+    decision = decide_promotion(
+        version.tags.get(GATE_TAG) == "passed",
+        version.tags.get(GATE_REPORT_TAG, "no gate recorded on the version"),
+        None if compared == "none" else compared,
+        current,
+        require_approval=False,
+    )
+    if not decision.promote:
+        raise LineageError(f"{name} version {number} cannot be approved: {decision.reason}")
+    stamp = _who_when_why(config.reason or "approved")
+    # The alias first: if another promotion wins the race, no tag claims this one happened.
+    move_alias(client, name, CHAMPION_ALIAS, number, expected_before=current)
+    for key, value in {
+        **{f"fraud.approved_{k}": v for k, v in stamp.items()},
+        DECISION_TAG: PROMOTED,
+        REASON_TAG: f"approved by {stamp['by']}: {stamp['why']}",
+        **({PREVIOUS_CHAMPION_TAG: current} if current else {}),
+    }.items():
+        client.set_model_version_tag(name, number, key, value)
+    mlflow.set_tags({"fraud.version": number, DECISION_TAG: PROMOTED})
+    return f"{name} version {number} approved by {stamp['by']} and promoted (was {current})"
+
+
+def _rollback(client: MlflowClient, config: RegisterConfig) -> str:
+    """Move @champion back to the version the current champion replaced."""
+    name = config.model_name
+    current = alias_version(client, name, CHAMPION_ALIAS)
+    if current is None:
+        raise LineageError(f"{name} has no @{CHAMPION_ALIAS}: nothing to roll back")
+    previous = _get_version(client, name, current).tags.get(PREVIOUS_CHAMPION_TAG)
+    if not previous:
+        raise LineageError(
+            f"{name} version {current} replaced no earlier champion: nothing to roll back to"
+        )
+    _get_version(client, name, previous)  # it must still exist
+    stamp = _who_when_why(config.reason)
+    move_alias(client, name, CHAMPION_ALIAS, previous, expected_before=current)
+    for key, value in stamp.items():
+        client.set_model_version_tag(name, current, f"fraud.rolled_back_{key}", value)
+    client.set_model_version_tag(name, previous, "fraud.restored_at", stamp["at"])
+    mlflow.set_tags(
+        {"fraud.version": previous, "fraud.rolled_back_from": current, "fraud.reason": stamp["why"]}
+    )
+    return f"{name}@{CHAMPION_ALIAS} rolled back from version {current} to {previous}"
+
+
+def _who_when_why(reason: str) -> dict[str, str]:
+    return {
+        "by": getpass.getuser(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "why": reason[:5000],
+    }
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -190,12 +250,81 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             raise
 
 
-def _alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    """The version ``name@alias`` points at, as a string (None: no such alias)."""
     try:
         # Stores differ in whether versions come back as int or str; compare them as str.
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
+
+
+def move_alias(
+    client: MlflowClient, name: str, alias: str, version: str, expected_before: str | None
+) -> None:
+    """Point ``name@alias`` at ``version``, unless another writer moved it first.
+
+    The registry has no compare-and-set for aliases, so the move happens under a promotion lock
+    (see ``promotion_lock``): the alias is checked, moved and read back while no other process
+    of this template can move it. Of two racing promotions, exactly one wins; the other fails
+    with ``PromotionConflictError``.
+    """
+    with promotion_lock(client, name):
+        before = alias_version(client, name, alias)
+        if before != expected_before:
+            raise PromotionConflictError(
+                f"{name}@{alias} moved to version {before} (expected {expected_before}) while "
+                "this step was deciding; re-run evaluate and register"
+            )
+        client.set_registered_model_alias(name, alias, version)
+        after = alias_version(client, name, alias)
+        if after != version:
+            raise PromotionConflictError(
+                f"{name}@{alias} is version {after} right after this step set it to {version}: "
+                "a promotion outside this template ran at the same time"
+            )
+    logger.info("%s@%s -> version %s (was %s)", name, alias, version, before)
+
+
+@contextmanager
+def promotion_lock(client: MlflowClient, name: str) -> Iterator[None]:
+    """Hold the promotion lock of registered model ``name`` (on any tracking backend).
+
+    Creating a registered model is atomic in every MLflow store (its name is unique), so the
+    lock is a registered model named ``<name>--promotion-lock`` that exists while a promotion
+    is in progress. A lock older than ``LOCK_STALE_SECONDS`` (its holder died) is broken.
+    """
+    lock = f"{name}{LOCK_SUFFIX}"
+    holder = {"by": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid()}
+    for attempt in (1, 2):
+        try:
+            client.create_registered_model(
+                lock, description=json.dumps({**holder, "since": time.time()})
+            )
+            break
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            current = json.loads(client.get_registered_model(lock).description or "{}")
+            if attempt == 1 and time.time() - current.get("since", 0) > LOCK_STALE_SECONDS:
+                logger.warning("Breaking a stale promotion lock of %s held by %s", name, current)
+                client.delete_registered_model(lock)
+                continue
+            raise PromotionConflictError(
+                f"another promotion of {name} is in progress (held by {current.get('by')} on "
+                f"{current.get('host')}, pid {current.get('pid')}); re-run evaluate and register"
+            ) from error
+    try:
+        yield
+    finally:
+        client.delete_registered_model(lock)
+
+
+def _get_version(client: MlflowClient, name: str, number: str) -> ModelVersion:
+    try:
+        return client.get_model_version(name, number)
+    except MlflowException as error:
+        raise LineageError(f"{name} version {number} not found ({error.message})") from error
 
 
 def _existing_version(
@@ -207,37 +336,26 @@ def _existing_version(
 
 
 def _version_tags(
-    evaluation: Run,
-    train_run: Run,
-    candidate: dict[str, float],
-    decision: Decision,
-    current: str | None,
+    evaluation: Run, train_run: Run, decision: Decision, compared: str | None
 ) -> dict[str, str]:
-    tags = {
+    metrics = evaluation.data.metrics
+    return {
         TRAIN_RUN_TAG: train_run.info.run_id,
         EVALUATE_RUN_TAG: evaluation.info.run_id,
         "fraud.data_fingerprint": train_run.data.params.get(DATA_FINGERPRINT_PARAM, ""),
         "fraud.data_source": train_run.data.params.get("data_source", ""),
         "fraud.git_commit": train_run.data.tags.get(GIT_COMMIT_TAG, "unknown"),
+        GATE_TAG: evaluation.data.tags[GATE_TAG],
+        GATE_REPORT_TAG: evaluation.data.tags.get(GATE_REPORT_TAG, "")[:5000],
+        COMPARED_CHAMPION_TAG: compared or "none",
         DECISION_TAG: decision.label,
         REASON_TAG: decision.reason[:5000],
-        **{f"fraud.test_{k}": f"{v:.6f}" for k, v in candidate.items()},
+        **{
+            f"fraud.test_{name}": f"{metrics[TEST_PREFIX + name]:.6f}"
+            for name in RANKING_METRICS
+            if TEST_PREFIX + name in metrics
+        },
     }
-    if decision.promote and current is not None:
-        tags[PREVIOUS_CHAMPION_TAG] = current
-    return tags
-
-
-def _move_champion(client: MlflowClient, name: str, version: str) -> None:
-    """Point @champion at ``version`` and read it back: another writer may have raced us."""
-    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    now = _alias_version(client, name, CHAMPION_ALIAS)
-    if now != version:
-        raise PromotionConflictError(
-            f"{name}@{CHAMPION_ALIAS} is version {now} right after this step set it to {version}: "
-            "another promotion ran at the same time; re-run evaluate and register"
-        )
-    logger.info("%s@%s -> version %s", name, CHAMPION_ALIAS, version)
 
 
 def _log_decision(decision: Decision, name: str, version: str, previous: str | None) -> None:
@@ -245,12 +363,9 @@ def _log_decision(decision: Decision, name: str, version: str, previous: str | N
         {DECISION_TAG: decision.label, REASON_TAG: decision.reason[:5000], "fraud.version": version}
     )
     mlflow.log_dict(
-        {
-            "model_name": name,
-            "version": version,
-            "champion_before": previous,
-            **asdict(decision),
-        },
-        "decision.json",
+        {"model_name": name, "version": version, "champion_before": previous, **asdict(decision)},
+        DECISION_ARTIFACT,
     )
-    logger.info("Decision for %s version %s: %s", name, version, json.dumps(asdict(decision)))
+    logger.info(
+        "Decision for %s version %s: %s (%s)", name, version, decision.label, decision.reason
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,7 +30,13 @@ from mlflow.tracking import MlflowClient
 
 from fraud_detection.config import DEFAULT_EXPERIMENT_NAME, ConfigError
 from fraud_detection.data import fingerprint
-from fraud_detection.errors import LineageError, PipelineError
+from fraud_detection.errors import (
+    LineageError,
+    PipelineError,
+    TrackingUnavailableError,
+    is_unreachable,
+)
+from fraud_detection.recovery import remember_unfinished
 
 logger = logging.getLogger(__name__)
 
@@ -139,16 +145,48 @@ def step_run(
                 name,
                 run.info.run_id,
             )
-    with run:
-        try:
-            log_params_once(run.info.run_id, params)
-            logger.info("%s run %s in experiment %r", step, run.info.run_id, name)
-            yield run
-        except PipelineError as error:
-            # The run ends FAILED (the context manager sees the exception); the tag says why,
-            # in the same words the user sees on the console.
-            mlflow.set_tag(ERROR_TAG, str(error)[:5000])
+    run_ids = [run.info.run_id] + ([launcher.info.run_id] if launcher else [])
+    try:
+        log_params_once(run.info.run_id, params)
+        logger.info("%s run %s in experiment %r", step, run.info.run_id, name)
+        yield run
+    except BaseException as error:
+        if isinstance(error, PipelineError) and not is_unreachable(error):
+            # The tag says why, in the same words the user sees on the console.
+            _try(mlflow.set_tag, ERROR_TAG, str(error)[:5000])
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        _end_run(status, run_ids, error)
+        if is_unreachable(error) and not isinstance(error, TrackingUnavailableError):
+            raise _unavailable(run_ids, error) from error
+        raise
+    _end_run("FINISHED", run_ids)
+
+
+def _try(action: Callable[..., object], *args: object) -> None:
+    try:
+        action(*args)
+    except Exception as error:  # noqa: BLE001 - best effort on the way out; logged
+        logger.warning("Could not record the failure on the run: %s", error)
+
+
+def _end_run(status: str, run_ids: list[str], cause: BaseException | None = None) -> None:
+    """End the active run; if the server is gone, remember the run for ``recovery``."""
+    try:
+        mlflow.end_run(status)
+    except Exception as error:
+        if not is_unreachable(error):
             raise
+        raise _unavailable(run_ids, cause or error) from error
+
+
+def _unavailable(run_ids: list[str], error: BaseException) -> TrackingUnavailableError:
+    reason = f"tracking server unreachable: {str(error).splitlines()[0][:300]}"
+    path = remember_unfinished(run_ids, reason)
+    return TrackingUnavailableError(
+        f"the tracking server {mlflow.get_tracking_uri()} did not answer ({reason}); "
+        f"run(s) {', '.join(run_ids)} will be marked FAILED by the next step that reaches it, "
+        f"or by `python -m fraud_detection.recovery` (noted in {path})"
+    )
 
 
 def log_params_once(run_id: str, params: Mapping[str, Any]) -> None:
@@ -160,7 +198,9 @@ def log_params_once(run_id: str, params: Mapping[str, Any]) -> None:
         mlflow.log_params(missing, run_id=run_id)
 
 
-def pandas_dataset(frame: pd.DataFrame, source: str, name: str, label: str) -> PandasDataset:
+def pandas_dataset(
+    frame: pd.DataFrame, source: str, name: str, label: str, predictions: str | None = None
+) -> PandasDataset:
     """An MLflow dataset for ``frame`` whose digest is our content fingerprint of it.
 
     File sources resolve to MLflow's own source types (local, s3, http...); simulated data is
@@ -172,7 +212,12 @@ def pandas_dataset(frame: pd.DataFrame, source: str, name: str, label: str) -> P
     else:
         dataset_source = resolve_dataset_source(source)
     return PandasDataset(
-        df=frame, source=dataset_source, targets=label, name=name, digest=fingerprint(frame)
+        df=frame,
+        source=dataset_source,
+        targets=label,
+        name=name,
+        digest=fingerprint(frame),
+        predictions=predictions,
     )
 
 

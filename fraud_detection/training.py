@@ -1,49 +1,70 @@
-"""The train step: data -> features -> time split -> candidates on validation -> one logged model.
+"""The train step: data -> features -> time split -> sweep on validation -> one logged model.
 
-Each candidate is fitted on the validation-training window and scored on the validation window in
-a nested child run; the best by average precision is refitted on the training window and logged
-as the run's only model, with the decision threshold tuned on validation data inside it.
+1. Every candidate (each XGBoost grid point, the logistic-regression baseline) is fitted on the
+   validation-training window in a nested child run, stopping early on the validation window,
+   and records its validation metrics and per-round curves there.
+2. The parent run asks MLflow for its best child (``search_runs``, ordered by validation
+   average precision) and tunes the decision threshold of that candidate on validation data to
+   save the most money (``threshold.py``).
+3. The winner is refitted on the training window with the rounds early stopping kept,
+   checkpointed every N rounds, and logged as the run's only model, threshold inside.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import Metric, Param, Run
 from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
 
 from fraud_detection.cli import flatten
 from fraud_detection.config import DataConfig, SplitConfig, TrainConfig
 from fraud_detection.data import Transactions, load_transactions, require_both_classes
+from fraud_detection.errors import DataError, PipelineError
 from fraud_detection.features import add_features
-from fraud_detection.metrics import best_f1_threshold, fraud_metrics
+from fraud_detection.metrics import RANKING_METRICS, fraud_metrics
 from fraud_detection.model import (
     ESTIMATOR_ARTIFACT,
     MODEL_CODE,
     PACKAGE_DIR,
+    CandidateSpec,
+    FittedCandidate,
     Scorer,
-    fit_scorer,
+    candidate_specs,
+    fit_candidate,
     model_config,
     model_requirements,
     model_signature,
 )
 from fraud_detection.schema import DAY_COLUMN
 from fraud_detection.split import TimeSplit, evaluation_rows, plan_split
+from fraud_detection.threshold import tune_threshold
 from fraud_detection.tracking import STEP_TAG, pandas_dataset, step_run
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME_IN_RUN = "model"
 MODEL_ID_TAG = "fraud.model_id"
+CANDIDATE_TAG = "fraud.candidate"
+BEST_CANDIDATE_RUN_TAG = "fraud.best_candidate_run_id"
 DATA_FINGERPRINT_PARAM = "data_fingerprint"
 RESOLVED_TRAIN_START_PARAM = "resolved_train_start"
 DATA_RECIPE_ARTIFACT = "data_recipe.json"
-SELECTION_METRIC = "average_precision"
+SELECTION_METRIC = "validation_average_precision"
+# MLflow accepts at most 1000 metrics per log_batch call.
+LOG_BATCH_LIMIT = 1_000
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,15 @@ class PreparedData:
     features: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Windows:
+    """The rows of each window the train step uses."""
+
+    validation_train: pd.DataFrame
+    validation: pd.DataFrame  # known-compromised cards removed
+    training: pd.DataFrame
+
+
 def prepare_data(data_config: DataConfig, split_config: SplitConfig) -> PreparedData:
     """Load, check and featurise the transactions, and place the time split on them."""
     transactions = load_transactions(data_config)
@@ -63,7 +93,10 @@ def prepare_data(data_config: DataConfig, split_config: SplitConfig) -> Prepared
     table = transactions.table
     if data_config.engineered_features:
         table = add_features(table, columns, delay_days=split_config.delay_days)
-    split = plan_split(table, columns.timestamp_column, split_config)
+    try:
+        split = plan_split(table, columns.timestamp_column, split_config)
+    except DataError as error:
+        raise DataError(f"{transactions.source}: {error}") from error
     return PreparedData(transactions, table, split, data_config.model_features)
 
 
@@ -85,16 +118,30 @@ def evaluation_window(prepared: PreparedData, data_config: DataConfig, name: str
     )
 
 
+def training_windows(prepared: PreparedData, data_config: DataConfig) -> Windows:
+    """The validation-training, validation and training rows, each checked for both classes."""
+    windows = Windows(
+        validation_train=prepared.split.validation_train.select(prepared.table),
+        validation=evaluation_window(prepared, data_config, "validation"),
+        training=prepared.split.train.select(prepared.table),
+    )
+    for name, frame in vars(windows).items():
+        where = f"{prepared.transactions.source}, {name.replace('_', ' ')} window"
+        require_both_classes(frame[data_config.columns.label_column], where)
+    return windows
+
+
 def window_metrics(
     frame: pd.DataFrame, scores: np.ndarray, data_config: DataConfig
 ) -> dict[str, float]:
     """Fraud metrics of ``scores`` on ``frame`` (card precision when cards are known)."""
-    has_cards = data_config.columns.customer_column in frame.columns
+    columns = data_config.columns
+    has_cards = columns.customer_column in frame.columns
     return fraud_metrics(
-        frame[data_config.columns.label_column],
+        frame[columns.label_column],
         scores,
         days=frame[DAY_COLUMN] if has_cards else None,
-        customers=frame[data_config.columns.customer_column] if has_cards else None,
+        customers=frame[columns.customer_column] if has_cards else None,
     )
 
 
@@ -102,76 +149,250 @@ def train(config: TrainConfig) -> str:
     """Run the train step; return a one-paragraph report."""
     with step_run("train", config.tracking.experiment_name, flatten(config), True) as run:
         prepared = prepare_data(config.data, config.split)
-        label = config.data.columns.label_column
-        validation_train = prepared.split.validation_train.select(prepared.table)
-        validation = evaluation_window(prepared, config.data, "validation")
-        training = prepared.split.train.select(prepared.table)
-        for name, frame in (
-            ("validation training window", validation_train),
-            ("validation window", validation),
-            ("training window", training),
-        ):
-            require_both_classes(frame[label], f"{prepared.transactions.source}, {name}")
-        _log_lineage(prepared, config.data, config.split, training, validation)
+        windows = training_windows(prepared, config.data)
+        _log_lineage(prepared, config, windows)
 
-        candidates = {
-            kind: _fit_candidate(kind, config, prepared.features, validation_train, validation)
-            for kind in config.model.kinds
+        specs = candidate_specs(config.model)
+        with _autolog(config.model.tracking_mode == "autolog"):
+            fitted = _run_candidates(specs, config, prepared.features, windows, run)
+        best_run = best_candidate_run(run.info.experiment_id, run.info.run_id)
+        best = fitted[best_run.data.tags[CANDIDATE_TAG]]
+        logger.info(
+            "Best candidate on validation: %s (run %s)", best.spec.name, best_run.info.run_id
+        )
+
+        label, amount = config.data.columns.label_column, config.data.columns.amount_column
+        choice = tune_threshold(
+            best.estimator,
+            windows.validation.loc[:, list(prepared.features)].to_numpy(dtype=np.float32),
+            windows.validation[label].to_numpy(),
+            windows.validation[amount].to_numpy(),
+            config.cost.review_cost,
+        )
+        final = _refit(best, config, prepared.features, windows.training)
+        model_info = _log_model(final, choice.threshold, windows.validation, config)
+        validation_metrics = {
+            f"validation_{name}": best_run.data.metrics[f"validation_{name}"]
+            for name in RANKING_METRICS
+            if f"validation_{name}" in best_run.data.metrics
         }
-        best_kind = max(candidates, key=lambda kind: candidates[kind][1][SELECTION_METRIC])
-        validation_scores, validation_metrics = candidates[best_kind]
-        threshold = best_f1_threshold(validation[label], validation_scores)
-        logger.info("Best candidate on validation: %s %s", best_kind, validation_metrics)
-
-        final = fit_scorer(best_kind, config.model, prepared.features, training, label)
-        model_info = _log_model(final, threshold, validation, config)
-        mlflow.log_metrics(
-            {f"validation_{key}": value for key, value in validation_metrics.items()},
-            model_id=model_info.model_id,
+        validation_metrics["validation_expected_savings"] = choice.expected_savings
+        mlflow.log_metrics(validation_metrics, model_id=model_info.model_id)
+        mlflow.log_params({"best_candidate": best.spec.name, "best_rounds": best.best_rounds})
+        mlflow.set_tags(
+            {MODEL_ID_TAG: model_info.model_id, BEST_CANDIDATE_RUN_TAG: best_run.info.run_id}
         )
-        mlflow.set_tag(MODEL_ID_TAG, model_info.model_id)
         return (
-            f"train run {run.info.run_id}: {best_kind} (threshold {threshold:.4f}), validation "
-            + ", ".join(f"{key} {value:.4f}" for key, value in validation_metrics.items())
-            + f"; model {model_info.model_uri}"
+            f"train run {run.info.run_id}: best of {len(specs)} candidates {best.spec.name}, "
+            f"threshold {choice.threshold:.4f} (validation savings "
+            f"{choice.expected_savings:,.0f}), validation average precision "
+            f"{validation_metrics[SELECTION_METRIC]:.4f}; model {model_info.model_uri}"
         )
 
 
-def _log_lineage(
-    prepared: PreparedData,
-    data_config: DataConfig,
-    split_config: SplitConfig,
-    training: pd.DataFrame,
-    validation: pd.DataFrame,
+def best_candidate_run(experiment_id: str, parent_run_id: str) -> Run:
+    """The finished child run with the best validation average precision (earliest on ties)."""
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`mlflow.parentRunId` = '{parent_run_id}' "
+            f"and tags.`{STEP_TAG}` = 'candidate' and attributes.status = 'FINISHED'"
+        ),
+        order_by=[f"metrics.{SELECTION_METRIC} DESC", "attributes.start_time ASC"],
+        max_results=1,
+    )
+    if not runs:
+        raise PipelineError(f"train run {parent_run_id}: no candidate finished")
+    return runs[0]
+
+
+@contextlib.contextmanager
+def _autolog(enabled: bool) -> Iterator[None]:
+    """MLflow's autologging for the candidates' fits, switched off again afterwards."""
+    if not enabled:
+        yield
+        return
+    # Models and datasets stay ours: one pyfunc model per train run, datasets with lineage.
+    mlflow.autolog(log_models=False, log_datasets=False, silent=True)
+    try:
+        yield
+    finally:
+        mlflow.autolog(disable=True)
+
+
+def _run_candidates(
+    specs: Sequence[CandidateSpec],
+    config: TrainConfig,
+    features: tuple[str, ...],
+    windows: Windows,
+    parent: mlflow.ActiveRun,
+) -> dict[str, FittedCandidate]:
+    """Fit every candidate in its own nested run, in turn or in parallel processes."""
+    jobs = [
+        _CandidateJob(
+            spec=spec,
+            config=config,
+            features=features,
+            validation_train=windows.validation_train,
+            validation=windows.validation,
+            experiment_id=parent.info.experiment_id,
+            parent_run_id=parent.info.run_id,
+            tracking_uri=mlflow.get_tracking_uri(),
+        )
+        for spec in specs
+    ]
+    workers = min(config.model.parallel_candidates, len(jobs))
+    if workers == 1:
+        results = [job.run(in_process=True) for job in jobs]
+    else:
+        # Spawned processes: no state inherited by fork (MLflow's active-run stack, threads).
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            results = list(pool.map(_CandidateJob.run, jobs))
+    return {result.spec.name: result for result in results}
+
+
+@dataclass(frozen=True)
+class _CandidateJob:
+    """One candidate's fit and its child run; picklable, so it can run in another process."""
+
+    spec: CandidateSpec
+    config: TrainConfig
+    features: tuple[str, ...]
+    validation_train: pd.DataFrame
+    validation: pd.DataFrame
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+
+    def run(self, in_process: bool = False) -> FittedCandidate:
+        if not in_process:
+            mlflow.set_tracking_uri(self.tracking_uri)
+            if self.config.model.tracking_mode == "autolog":
+                mlflow.autolog(log_models=False, log_datasets=False, silent=True)
+        label = self.config.data.columns.label_column
+        model_config = self.config.model
+        if not in_process and model_config.n_jobs == 0:
+            # Share the cores between the parallel processes instead of oversubscribing them.
+            threads = max(1, multiprocessing.cpu_count() // model_config.parallel_candidates)
+            model_config = replace(model_config, n_jobs=threads)
+        # By experiment id, with the parent named: MLflow's "active experiment" is never set by
+        # this package (see tracking.py), and a spawned process has no active parent run.
+        with mlflow.start_run(
+            experiment_id=self.experiment_id,
+            parent_run_id=self.parent_run_id,
+            nested=True,
+            run_name=self.spec.name,
+            tags={STEP_TAG: "candidate", CANDIDATE_TAG: self.spec.name},
+        ) as child:
+            fitted = fit_candidate(
+                self.spec,
+                model_config,
+                self.features,
+                self.validation_train,
+                label,
+                validation=self.validation,
+            )
+            scores = fitted.predict_proba(self.validation, self.features)
+            metrics = window_metrics(self.validation, scores, self.config.data)
+            manual = self.config.model.tracking_mode == "manual"
+            _log_candidate(child.info.run_id, fitted, metrics, include_fit_details=manual)
+        return fitted
+
+
+def _log_candidate(
+    run_id: str, fitted: FittedCandidate, metrics: dict[str, float], include_fit_details: bool
 ) -> None:
+    """Log a candidate's results in as few requests as possible (one per 1000 values).
+
+    With autologging on, MLflow has already logged the hyperparameters and the per-round
+    curves; the validation metrics the parent selects on are logged in both modes.
+    """
+    now = get_current_time_millis()
+    values = [Metric(f"validation_{key}", value, now, 0) for key, value in metrics.items()]
+    params = [Param("model_kind", fitted.spec.kind)]
+    if fitted.best_rounds is not None:
+        params.append(Param("best_rounds", str(fitted.best_rounds)))
+    if include_fit_details:
+        params += [Param(key, str(value)) for key, value in fitted.params.items()]
+        values += _curve_metrics(fitted.curves, now)
+    client = MlflowClient()
+    for start in range(0, max(len(values), 1), LOG_BATCH_LIMIT):
+        client.log_batch(
+            run_id,
+            metrics=values[start : start + LOG_BATCH_LIMIT],
+            params=params if start == 0 else [],
+        )
+
+
+def _curve_metrics(curves: dict[str, list[float]], timestamp: int) -> list[Metric]:
+    return [
+        Metric(name, value, timestamp, step)
+        for name, values in curves.items()
+        for step, value in enumerate(values, start=1)
+    ]
+
+
+def _refit(
+    best: FittedCandidate, config: TrainConfig, features: tuple[str, ...], training: pd.DataFrame
+) -> Scorer:
+    """Refit the winner on the training window; checkpoint and log its training curve."""
+    label = config.data.columns.label_column
+    with tempfile.TemporaryDirectory() as checkpoints:
+        callbacks = []
+        every = config.model.checkpoint_every
+        if best.spec.kind == "xgboost" and every:
+            from xgboost.callback import TrainingCheckPoint
+
+            callbacks.append(TrainingCheckPoint(checkpoints, name="booster", interval=every))
+        final = fit_candidate(
+            best.spec,
+            config.model,
+            features,
+            training,
+            label,
+            rounds=best.best_rounds,
+            callbacks=callbacks,
+        )
+        if any(Path(checkpoints).iterdir()):
+            mlflow.log_artifacts(checkpoints, "checkpoints")
+    curves = {name: values for name, values in final.curves.items() if name.startswith("train_")}
+    if curves:
+        run_id = mlflow.active_run().info.run_id
+        metrics = _curve_metrics(curves, get_current_time_millis())
+        for start in range(0, len(metrics), LOG_BATCH_LIMIT):
+            MlflowClient().log_batch(run_id, metrics=metrics[start : start + LOG_BATCH_LIMIT])
+    return Scorer.from_fitted(final, features)
+
+
+def _log_lineage(prepared: PreparedData, config: TrainConfig, windows: Windows) -> None:
     """Record what the model was trained on: the recipe to rebuild it, dates, digests, datasets.
 
     ``data_recipe.json`` holds the exact typed values; the run's parameters are for people
     (``mlflow run`` logs its own as shell-quoted strings, ``''`` for an empty value).
     """
     split = prepared.split
-    table = prepared.table
-    label = data_config.columns.label_column
-    mlflow.log_dict(flatten(data_config) | flatten(split_config), DATA_RECIPE_ARTIFACT)
+    label = config.data.columns.label_column
+    mlflow.log_dict(flatten(config.data) | flatten(config.split), DATA_RECIPE_ARTIFACT)
     mlflow.log_params(
         {
             "data_source": prepared.transactions.source,
             DATA_FINGERPRINT_PARAM: prepared.transactions.fingerprint,
             RESOLVED_TRAIN_START_PARAM: split.date(split.train.start),
-            "n_transactions": len(table),
+            "n_transactions": len(prepared.table),
             **split.describe(),
         }
     )
     mlflow.log_metrics(
         {
-            "data_fraud_rate": float(table[label].mean()),
-            "training_rows": len(training),
-            "training_fraud_rate": float(training[label].mean()),
-            "validation_rows": len(validation),
+            "data_fraud_rate": float(prepared.table[label].mean()),
+            "training_rows": len(windows.training),
+            "training_fraud_rate": float(windows.training[label].mean()),
+            "validation_rows": len(windows.validation),
         }
     )
     columns = [*prepared.features, label]
-    for context, frame in (("training", training), ("validation", validation)):
+    for context, frame in (("training", windows.training), ("validation", windows.validation)):
         dataset = pandas_dataset(
             frame[columns],
             prepared.transactions.source,
@@ -179,32 +400,6 @@ def _log_lineage(
             label=label,
         )
         mlflow.log_input(dataset, context=context)
-
-
-def _fit_candidate(
-    kind: str,
-    config: TrainConfig,
-    features: tuple[str, ...],
-    validation_train: pd.DataFrame,
-    validation: pd.DataFrame,
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Fit one candidate in a nested run; return its validation scores and metrics."""
-    label = config.data.columns.label_column
-    parent = mlflow.active_run()
-    # By experiment id: without it MLflow would use its "active experiment", which this
-    # process never sets (see tracking.py), and the child would land in Default.
-    with mlflow.start_run(
-        run_name=kind,
-        nested=True,
-        experiment_id=parent.info.experiment_id,
-        tags={STEP_TAG: "candidate"},
-    ):
-        scorer = fit_scorer(kind, config.model, features, validation_train, label)
-        scores = scorer.predict_proba(validation)
-        metrics = window_metrics(validation, scores, config.data)
-        mlflow.log_params({"model_kind": kind, **scorer.params})
-        mlflow.log_metrics({f"validation_{key}": value for key, value in metrics.items()})
-    return scores, metrics
 
 
 def _log_model(
@@ -224,6 +419,7 @@ def _log_model(
                 threshold,
                 engineered=config.data.engineered_features,
                 delay_days=config.split.delay_days,
+                review_cost=config.cost.review_cost,
             ),
             signature=model_signature(scorer.features),
             input_example=example,

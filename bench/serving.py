@@ -1,0 +1,427 @@
+"""Benchmark: `serve.py api` against `mlflow models serve` on the same registered model.
+
+    python bench/serving.py --out bench-serving.json          # after `mlflow run .`
+
+In one run, on this machine, with a bounded load sent over loopback only:
+
+- `mlflow models serve` (one worker), `serve.py api`, and an empty endpoint of the same web stack
+  as `serve.py api` (Starlette on uvicorn, reading the body and answering a constant), started
+  one after the other on free ports and stopped by this script;
+- for each: single-row latency p50/p99 at concurrency 1, requests/s at concurrency 8, rows/s in
+  10,000-row requests (the empty endpoint: the first two only);
+- the floors: in-process predict of 1 row and of 10,000 rows, through the model's matrix entry
+  point (what `serve.py api` calls) and through pyfunc (what `mlflow models serve` calls);
+- `serve.py batch` (the same code, in-process) on a million simulated transactions, Parquet in
+  and out: rows/s of each stage, predict compared with the in-process floor.
+
+Every figure and ratio is printed, and written flat to ``--out`` (seconds, rows or requests per
+second, ratios named ``*_ratio``). The model comes from the tracking store MLflow is pointed at
+(MLFLOW_TRACKING_URI, default ./mlflow.db). Requests use the `dataframe_split` format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+if str(PROJECT_DIR) not in sys.path:  # run as a script from anywhere: find the package
+    sys.path.insert(0, str(PROJECT_DIR))
+
+logger = logging.getLogger("bench.serving")
+
+GOALS = {  # the targets of the serving issue: (ratio, comparison, bound)
+    "p99_vs_mlflow_ratio": ("<=", 0.2),
+    "p99_vs_empty_ratio": ("<=", 3.0),
+    "c8_requests_per_second_vs_mlflow_ratio": (">=", 5.0),
+    "rows_per_second_10k_vs_mlflow_ratio": (">=", 2.0),
+    "batch_predict_vs_floor_ratio": (">=", 0.7),
+}
+
+
+# --- load generator: keep-alive HTTP/1.1 over asyncio streams, bounded in count and time -------
+
+
+def _http_request(path: str, body: bytes, port: int) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _client(
+    port: int, request: bytes, budget: list[int], deadline: float, latencies: list[float]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while budget[0] > 0 and time.perf_counter() < deadline:
+            budget[0] -= 1
+            started = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            status = int(head.split(b" ", 2)[1])
+            if status != 200:
+                raise RuntimeError(f"HTTP {status} from port {port}")
+    finally:
+        writer.close()
+
+
+def load(
+    port: int, body: bytes, concurrency: int, max_requests: int, max_seconds: float
+) -> tuple[np.ndarray, float]:
+    """Send at most ``max_requests`` for at most ``max_seconds``; (latencies, wall seconds)."""
+    request = _http_request("/invocations", body, port)
+    latencies: list[float] = []
+
+    async def run() -> float:
+        started = time.perf_counter()
+        budget = [max_requests]
+        await asyncio.gather(
+            *(
+                _client(port, request, budget, started + max_seconds, latencies)
+                for _ in range(concurrency)
+            )
+        )
+        return time.perf_counter() - started
+
+    wall = asyncio.run(run())
+    return np.array(latencies), wall
+
+
+def measure_server(
+    name: str, port: int, one_row: bytes, ten_k: bytes | None, args: argparse.Namespace
+) -> dict[str, float]:
+    load(port, one_row, 1, 50, 30)  # warm-up
+    latencies, _ = load(port, one_row, 1, args.requests, args.seconds)
+    figures = {
+        f"{name}_single_row_p50_seconds": float(np.percentile(latencies, 50)),
+        f"{name}_single_row_p99_seconds": float(np.percentile(latencies, 99)),
+        f"{name}_single_row_requests": float(latencies.size),
+    }
+    latencies, wall = load(port, one_row, 8, 2 * args.requests, args.seconds)
+    figures[f"{name}_c8_requests_per_second"] = latencies.size / wall
+    if ten_k is not None:
+        load(port, ten_k, 1, 2, 60)  # warm-up
+        latencies, wall = load(port, ten_k, 1, args.large_requests, args.seconds)
+        figures[f"{name}_10k_rows_per_second"] = 10_000 * latencies.size / wall
+        figures[f"{name}_10k_request_seconds"] = float(np.median(latencies))
+    for key, value in figures.items():
+        logger.info("%s = %.6g", key, value)
+    return figures
+
+
+# --- the servers -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def server(command: list[str], port: int) -> Iterator[None]:
+    """Run ``command`` in its own process group until /ping answers; stop the group after."""
+    # The servers' logs go to a file: a pipe nobody reads would fill up and stall them.
+    with tempfile.TemporaryFile() as log:
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            _wait_until_ready(process, port, log)
+            yield
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _wait_until_ready(process: subprocess.Popen, port: int, log) -> None:
+    import http.client
+
+    deadline = time.monotonic() + 180
+    while True:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            connection.request("GET", "/ping")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                output = log.read().decode(errors="replace")[-3000:]
+                message = f"{' '.join(process.args[:4])}... did not start:\n{output}"
+                raise SystemExit(message) from None
+            time.sleep(0.3)
+        finally:
+            connection.close()
+
+
+def serve_empty_endpoint(port: int) -> None:
+    """The floor of the web stack: same uvicorn settings and socket as `serve.py api`."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from fraud_detection.server import listening_socket, run_uvicorn
+
+    async def empty(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"predictions": []}', media_type="application/json")
+
+    async def ping(request: Request) -> Response:
+        return Response("\n", media_type="application/json")
+
+    app = Starlette(routes=[Route("/invocations", empty, methods=["POST"]), Route("/ping", ping)])
+    run_uvicorn(app, listening_socket("127.0.0.1", port))
+
+
+# --- in-process floors -------------------------------------------------------------------------
+
+
+def best_seconds(function: Callable[[], object], repeat: int, number: int) -> float:
+    """Median over ``repeat`` rounds of the mean time of ``number`` calls."""
+    function()
+    rounds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(number):
+            function()
+        rounds.append((time.perf_counter() - started) / number)
+    return float(np.median(rounds))
+
+
+def floors(model_directory: str, predict: Callable, rows: pd.DataFrame) -> dict[str, float]:
+    import mlflow
+
+    pyfunc = mlflow.pyfunc.load_model(model_directory)
+    one, ten_k = rows.head(1), rows.head(10_000)
+    one_values, ten_k_values = one.to_numpy(np.float64), ten_k.to_numpy(np.float64)
+    figures = {
+        "floor_predict_1_row_seconds": best_seconds(lambda: predict(one_values), 7, 300),
+        "floor_predict_10k_rows_per_second": 10_000
+        / best_seconds(lambda: predict(ten_k_values), 7, 3),
+        "pyfunc_predict_1_row_seconds": best_seconds(lambda: pyfunc.predict(one), 7, 100),
+        "pyfunc_predict_10k_rows_per_second": 10_000
+        / best_seconds(lambda: pyfunc.predict(ten_k), 5, 2),
+    }
+    for key, value in figures.items():
+        logger.info("%s = %.6g", key, value)
+    return figures
+
+
+# --- batch --------------------------------------------------------------------------------------
+
+
+def batch(model, model_uri: str, rows: int, chunk_rows: int) -> dict[str, float]:
+    from fraud_detection.serving import STAGES, BatchConfig, score_file
+    from fraud_detection.simulator import SimulatorConfig, simulate_transactions
+
+    # The default population makes about 9,700 transactions a day: simulate a little more and
+    # keep the first ``rows`` (the table is in time order, as batch scoring wants it).
+    days = max(1, math.ceil(rows / 9_000))
+    table = simulate_transactions(SimulatorConfig(n_days=days, seed=7)).head(rows)
+    table = table.drop(columns=[c for c in table.columns if c.endswith("_SCENARIO")])
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "transactions.parquet"
+        table.to_parquet(source, index=False)
+        del table
+        config = BatchConfig(
+            model_uri=model_uri,
+            input=str(source),
+            output=str(Path(scratch) / "scored.parquet"),
+            chunk_rows=chunk_rows,
+        )
+        report = score_file(model, config)
+    print(report.summary())
+    figures = {"batch_rows": float(report.rows), "batch_seconds": sum(report.seconds.values())}
+    for stage in STAGES:
+        figures[f"batch_{stage}_rows_per_second"] = report.rows_per_second(stage)
+    figures["batch_total_rows_per_second"] = report.rows / figures["batch_seconds"]
+    return figures
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def payloads(features: tuple[str, ...]) -> pd.DataFrame:
+    """Real feature rows: simulated transactions featured by the training code."""
+    from fraud_detection.features import add_features
+    from fraud_detection.simulator import SimulatorConfig, simulate_transactions
+
+    table = simulate_transactions(SimulatorConfig(n_customers=500, n_terminals=1_000, n_days=60))
+    featured = add_features(table)[list(features)]
+    return featured.sample(n=10_000, random_state=0).reset_index(drop=True)
+
+
+def split_body(rows: pd.DataFrame) -> bytes:
+    return json.dumps({"dataframe_split": rows.to_dict(orient="split")}).encode()
+
+
+def ratios(figures: dict[str, float]) -> dict[str, float]:
+    result = {
+        "p50_vs_mlflow_ratio": figures["api_single_row_p50_seconds"]
+        / figures["mlflow_single_row_p50_seconds"],
+        "p99_vs_mlflow_ratio": figures["api_single_row_p99_seconds"]
+        / figures["mlflow_single_row_p99_seconds"],
+        "p50_vs_empty_ratio": figures["api_single_row_p50_seconds"]
+        / figures["empty_single_row_p50_seconds"],
+        "p99_vs_empty_ratio": figures["api_single_row_p99_seconds"]
+        / figures["empty_single_row_p99_seconds"],
+        "c8_requests_per_second_vs_mlflow_ratio": figures["api_c8_requests_per_second"]
+        / figures["mlflow_c8_requests_per_second"],
+        "c8_requests_per_second_vs_empty_ratio": figures["api_c8_requests_per_second"]
+        / figures["empty_c8_requests_per_second"],
+        "rows_per_second_10k_vs_mlflow_ratio": figures["api_10k_rows_per_second"]
+        / figures["mlflow_10k_rows_per_second"],
+        "rows_per_second_10k_vs_floor_ratio": figures["api_10k_rows_per_second"]
+        / figures["floor_predict_10k_rows_per_second"],
+    }
+    if "batch_predict_rows_per_second" in figures:
+        result["batch_predict_vs_floor_ratio"] = (
+            figures["batch_predict_rows_per_second"] / figures["floor_predict_10k_rows_per_second"]
+        )
+    return result
+
+
+def report(figures: dict[str, float]) -> str:
+    def cell(key: str, scale: float = 1.0, unit: str = "") -> str:
+        return f"{figures[key] * scale:,.2f}{unit}" if key in figures else "-"
+
+    lines = [
+        f"{'':28}{'mlflow models serve':>22}{'serve.py api':>16}{'empty endpoint':>16}",
+    ]
+    for label, suffix, scale, unit in (
+        ("1 row, c=1, p50", "single_row_p50_seconds", 1e3, " ms"),
+        ("1 row, c=1, p99", "single_row_p99_seconds", 1e3, " ms"),
+        ("1 row, c=8, requests/s", "c8_requests_per_second", 1, ""),
+        ("10k rows, rows/s", "10k_rows_per_second", 1, ""),
+    ):
+        lines.append(
+            f"{label:28}{cell('mlflow_' + suffix, scale, unit):>22}"
+            f"{cell('api_' + suffix, scale, unit):>16}{cell('empty_' + suffix, scale, unit):>16}"
+        )
+    lines.append(
+        f"in-process predict: 1 row {cell('floor_predict_1_row_seconds', 1e3, ' ms')} "
+        f"(pyfunc {cell('pyfunc_predict_1_row_seconds', 1e3, ' ms')}); 10k rows "
+        f"{cell('floor_predict_10k_rows_per_second')} rows/s "
+        f"(pyfunc {cell('pyfunc_predict_10k_rows_per_second')})"
+    )
+    for key, value in figures.items():
+        if key.endswith("_ratio"):
+            goal = GOALS.get(key)
+            verdict = ""
+            if goal:
+                met = value <= goal[1] if goal[0] == "<=" else value >= goal[1]
+                verdict = f"   goal {goal[0]} {goal[1]}: {'met' if met else 'NOT met'}"
+            lines.append(f"{key:44}{value:10.3f}{verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-uri", default="models:/fraud-detector@champion")
+    parser.add_argument("--out", help="write every figure and ratio to this JSON file")
+    parser.add_argument("--requests", type=int, default=2_000, help="requests per measurement")
+    parser.add_argument("--large-requests", type=int, default=20, help="10k-row requests")
+    parser.add_argument("--seconds", type=float, default=20.0, help="time bound per measurement")
+    parser.add_argument("--batch-rows", type=int, default=1_000_000, help="0: skip batch")
+    parser.add_argument("--chunk-rows", type=int, default=250_000)
+    parser.add_argument("--empty-endpoint", type=int, help=argparse.SUPPRESS)  # internal
+    args = parser.parse_args(argv)
+    if args.empty_endpoint:
+        serve_empty_endpoint(args.empty_endpoint)
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    from mlflow.version import VERSION
+
+    from fraud_detection.errors import PipelineError
+    from fraud_detection.follower import ModelFollower
+
+    print(
+        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, MLflow {VERSION}, "
+        f"load average {os.getloadavg()[0]:.2f} at start (a shared machine: expect noise)"
+    )
+    follower = ModelFollower(args.model_uri, poll_seconds=0)
+    try:
+        model = follower.load()
+    except PipelineError as error:
+        print(f"{error}\nTrain and register a model first: mlflow run . --env-manager local")
+        return 1
+    try:
+        rows = payloads(model.schema.names)
+        one_row, ten_k = split_body(rows.head(1)), split_body(rows)
+        figures = floors(model.directory, model.predict, rows)
+        port = _free_port()
+        empty = [sys.executable, __file__, "--empty-endpoint", str(port)]
+        with server(empty, port):
+            figures |= measure_server("empty", port, one_row, None, args)
+        port = _free_port()
+        ours = [sys.executable, str(PROJECT_DIR / "serve.py"), "api"]
+        ours += ["--model-uri", args.model_uri, "--port", str(port)]
+        with server(ours, port):
+            figures |= measure_server("api", port, one_row, ten_k, args)
+            ours_answer = _answer(port, one_row)
+        port = _free_port()
+        reference = [sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model_uri]
+        reference += ["--env-manager", "local", "-w", "1", "-h", "127.0.0.1", "-p", str(port)]
+        with server(reference, port):
+            figures |= measure_server("mlflow", port, one_row, ten_k, args)
+            mlflow_answer = _answer(port, one_row)
+        print(f"same answer from both services: {ours_answer == mlflow_answer}")
+        if args.batch_rows:
+            figures |= batch(model, args.model_uri, args.batch_rows, args.chunk_rows)
+    finally:
+        follower.close()
+    figures |= ratios(figures)
+    print(report(figures))
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+        print(f"figures written to {args.out}")
+    return 0
+
+
+def _answer(port: int, body: bytes) -> bytes:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+    answer = connection.getresponse().read()
+    connection.close()
+    return answer
+
+
+if __name__ == "__main__":
+    sys.exit(main())

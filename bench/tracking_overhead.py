@@ -1,0 +1,207 @@
+"""What all the tracking costs: the train step against a real local `mlflow server`, versus the
+same training with tracking off.
+
+"Tracking off" runs the very package functions the train step runs, in the same order
+(prepare data, fit every candidate on the validation split, rank them, tune the threshold,
+refit the winner with checkpoints, save it), without a single MLflow call. "Tracking on" is
+``fraud_detection.training.train`` itself, logging everything (nested runs, curves, datasets,
+system metrics, checkpoints, the model) to an `mlflow server` started here on 127.0.0.1 with
+one worker and a SQLite backend. The two alternate, so that a machine that slows down or
+speeds up affects both; medians are compared.
+
+    python bench/tracking_overhead.py --repeats 3 --out bench/results/tracking_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from fraud_detection.config import DataConfig, ModelConfig, SplitConfig, TrainConfig
+from fraud_detection.model import Scorer, candidate_specs, fit_candidate
+from fraud_detection.threshold import tune_threshold
+from fraud_detection.training import prepare_data, train, training_windows, window_metrics
+
+logger = logging.getLogger("bench.tracking_overhead")
+
+
+def train_without_tracking(config: TrainConfig, scratch: Path) -> float:
+    """The train step's computations with no MLflow call; returns the winner's validation AP."""
+    prepared = prepare_data(config.data, config.split)
+    windows = training_windows(prepared, config.data)
+    label = config.data.columns.label_column
+    results = []
+    for spec in candidate_specs(config.model):
+        fitted = fit_candidate(
+            spec,
+            config.model,
+            prepared.features,
+            windows.validation_train,
+            label,
+            validation=windows.validation,
+        )
+        scores = fitted.predict_proba(windows.validation, prepared.features)
+        results.append((window_metrics(windows.validation, scores, config.data), fitted))
+    metrics, best = max(results, key=lambda item: item[0]["average_precision"])
+    tune_threshold(
+        best.estimator,
+        windows.validation[list(prepared.features)].to_numpy(dtype=np.float32),
+        windows.validation[label].to_numpy(),
+        windows.validation[config.data.columns.amount_column].to_numpy(),
+        config.cost.review_cost,
+    )
+    callbacks = []
+    if best.spec.kind == "xgboost" and config.model.checkpoint_every:
+        from xgboost.callback import TrainingCheckPoint
+
+        callbacks.append(
+            TrainingCheckPoint(str(scratch), name="booster", interval=config.model.checkpoint_every)
+        )
+    final = fit_candidate(
+        best.spec,
+        config.model,
+        prepared.features,
+        windows.training,
+        label,
+        rounds=best.best_rounds,
+        callbacks=callbacks,
+    )
+    Scorer.from_fitted(final, prepared.features).save(scratch / "model")
+    return metrics["average_precision"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(directory: Path):
+    """A light `mlflow server` on a free loopback port: one worker, no job execution."""
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{directory / 'server.db'}",
+            "--artifacts-destination",
+            str(directory / "artifacts"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("mlflow server did not start") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of runs (median reported)")
+    parser.add_argument("--n-customers", type=int, default=DataConfig().n_customers)
+    parser.add_argument("--n-terminals", type=int, default=DataConfig().n_terminals)
+    parser.add_argument("--n-days", type=int, default=DataConfig().n_days)
+    parser.add_argument("--grid", default=ModelConfig().grid)
+    parser.add_argument("--out", type=Path, help="write the figures as JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    # MLflow prints a "View run ... at" link for every run it ends against a server.
+    logging.getLogger("mlflow.tracking._tracking_service.client").setLevel(logging.WARNING)
+
+    config = TrainConfig(
+        data=DataConfig(
+            n_customers=args.n_customers, n_terminals=args.n_terminals, n_days=args.n_days
+        ),
+        split=SplitConfig(),
+        model=ModelConfig(grid=args.grid),
+    )
+    untracked, tracked = [], []
+    untracked_cpu, tracked_cpu = [], []
+    with tempfile.TemporaryDirectory() as scratch, mlflow_server(Path(scratch)) as url:
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        mlflow.set_tracking_uri(url)
+        train(config)  # warm-up: imports, caches, the experiment's creation
+        for repeat in range(args.repeats):
+            start, cpu = time.perf_counter(), time.process_time()
+            with tempfile.TemporaryDirectory() as out:
+                train_without_tracking(config, Path(out))
+            untracked.append(time.perf_counter() - start)
+            untracked_cpu.append(time.process_time() - cpu)
+            start, cpu = time.perf_counter(), time.process_time()
+            train(config)
+            tracked.append(time.perf_counter() - start)
+            tracked_cpu.append(time.process_time() - cpu)
+            print(f"pair {repeat + 1}: tracking off {untracked[-1]:.2f} s, on {tracked[-1]:.2f} s")
+
+    off, on = statistics.median(untracked), statistics.median(tracked)
+    figures = {
+        "train_tracking_off_seconds": round(off, 3),
+        "train_tracking_on_seconds": round(on, 3),
+        "tracking_overhead_ratio": round((on - off) / off, 4),
+        "pairwise_overhead_ratio_median": round(
+            statistics.median((b - a) / a for a, b in zip(untracked, tracked, strict=True)), 4
+        ),
+        # CPU seconds of this process (the server's own work is not counted): steadier than
+        # wall time when other work shares the machine.
+        "train_tracking_off_cpu_seconds": round(statistics.median(untracked_cpu), 3),
+        "train_tracking_on_cpu_seconds": round(statistics.median(tracked_cpu), 3),
+        "tracking_cpu_overhead_ratio": round(
+            statistics.median(tracked_cpu) / statistics.median(untracked_cpu) - 1, 4
+        ),
+        "repeats": args.repeats,
+        "transactions": f"{args.n_customers} customers, {args.n_terminals} terminals, "
+        f"{args.n_days} days",
+        "grid": args.grid,
+    }
+    print(json.dumps(figures, indent=2))
+    print(
+        f"tracking overhead: {100 * figures['tracking_overhead_ratio']:.1f}% of the training "
+        f"time ({on - off:.2f} s of {off:.2f} s); goal: under 5%"
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
