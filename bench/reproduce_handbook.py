@@ -44,8 +44,14 @@ from fraud_detection.config import ConfigError, DataConfig, ModelConfig, SplitCo
 from fraud_detection.data import prepare_transactions
 from fraud_detection.features import BOOK_FEATURE_COLUMNS, FEATURE_COLUMNS, add_features
 from fraud_detection.metrics import fraud_metrics
-from fraud_detection.model import Scorer, estimator_params, fit_scorer
-from fraud_detection.schema import DAY_COLUMN
+from fraud_detection.model import (
+    Scorer,
+    candidate_specs,
+    estimator_params,
+    fit_candidate,
+    fit_scorer,
+)
+from fraud_detection.schema import DAY_COLUMN, TransactionColumns
 from fraud_detection.simulator import simulate_transactions
 from fraud_detection.split import DayWindow, evaluation_rows, plan_split
 
@@ -150,12 +156,22 @@ class ModelRow:
     title: str
     kind: str
     features: tuple[str, ...]
-    config: ModelConfig | None = None  # fitted with the package's fit_scorer
+    config: ModelConfig | None = None  # fitted as configured, with the package's fit_scorer
     xgboost_params: dict[str, Any] | None = None  # or an XGBClassifier with these settings
+    # Or as the train step does it: the grid on the validation split before the training
+    # window, early stopping there, then a refit on the training window (``config`` as given).
+    sweep: bool = False
 
-    def fit(self, frame: pd.DataFrame, label: str, n_jobs: int) -> Scorer:
+    def fit(
+        self, table: pd.DataFrame, train: DayWindow, columns: TransactionColumns, n_jobs: int
+    ) -> tuple[Scorer, dict[str, Any]]:
+        """Fit on the ``train`` window; return the scorer and what the fit chose (if anything)."""
+        frame = train.select(table)
+        label = columns.label_column
+        if self.sweep:
+            return _fit_like_the_train_step(self.config, self.features, table, train, columns)
         if self.config is not None:
-            return fit_scorer(self.kind, self.config, self.features, frame, label)
+            return fit_scorer(self.kind, self.config, self.features, frame, label), {}
         # The book's XGBoost settings include ones the project's estimator does not expose
         # (exact splits, fixed base score): build it here, fit it, and score it the package's way.
         from xgboost import XGBClassifier
@@ -163,7 +179,54 @@ class ModelRow:
         estimator = XGBClassifier(**self.xgboost_params, n_jobs=n_jobs or os.cpu_count())
         estimator.fit(frame.loc[:, list(self.features)].to_numpy(np.float32), frame[label])
         params = estimator_params(self.kind, estimator)
-        return Scorer(self.kind, estimator.get_booster(), self.features, params)
+        return Scorer(self.kind, estimator.get_booster(), self.features, params), {}
+
+
+_CHOSEN_AP = "chosen_validation_average_precision"
+
+
+def _fit_like_the_train_step(
+    config: ModelConfig,
+    features: tuple[str, ...],
+    table: pd.DataFrame,
+    train: DayWindow,
+    columns: TransactionColumns,
+) -> tuple[Scorer, dict[str, Any]]:
+    """The train step's choice for a training window, from the package's own pieces.
+
+    ``plan_split`` places the validation split before ``train``; every candidate of
+    ``candidate_specs`` is fitted on its training window with early stopping on its validation
+    window, the best by validation average precision (first on ties, like the train step's
+    ``best_candidate_run``) is refitted on ``train`` with the rounds early stopping kept.
+    """
+    origin = table[columns.timestamp_column].iloc[0].normalize()
+    start = (origin + pd.Timedelta(days=train.start)).strftime("%Y-%m-%d")
+    split = plan_split(
+        table, columns.timestamp_column, dataclasses.replace(PROTOCOL, train_start=start)
+    )
+    label, customer = columns.label_column, columns.customer_column
+    validation_train = split.validation_train.select(table)
+    validation = evaluation_rows(
+        table, split.validation, split.validation_train.start, split.delay_days, customer, label
+    )
+    best, best_precision = None, -1.0
+    for spec in candidate_specs(config):
+        fitted = fit_candidate(
+            spec, config, features, validation_train, label, validation=validation
+        )
+        scores = fitted.predict_proba(validation, features)
+        precision = fraud_metrics(validation[label], scores)["average_precision"]
+        if precision > best_precision:
+            best, best_precision = fitted, precision
+    final = fit_candidate(
+        best.spec, config, features, train.select(table), label, rounds=best.best_rounds
+    )
+    chosen = {
+        "chosen_candidate": best.spec.name,
+        "chosen_rounds": best.best_rounds,
+        _CHOSEN_AP: best_precision,
+    }
+    return Scorer.from_fitted(final, features), chosen
 
 
 def model_rows(n_jobs: int) -> dict[str, ModelRow]:
@@ -212,7 +275,10 @@ def model_rows(n_jobs: int) -> dict[str, ModelRow]:
             "XGBoost, this template's defaults",
             "xgboost",
             FEATURE_COLUMNS,
-            config=ModelConfig(n_jobs=n_jobs),
+            # The train step's XGBoost sweep; the logistic-regression candidate is left out so
+            # that the row is XGBoost whatever validation prefers.
+            config=ModelConfig(model_kinds="xgboost", n_jobs=n_jobs),
+            sweep=True,
         ),
     ]
     return {row.name: row for row in rows}
@@ -411,8 +477,9 @@ def _run_row(
 ) -> dict[str, list[dict[str, float]]]:
     """Fit and score ``row`` on every fold, each fold a nested run; return per-fold metrics."""
     per_role: dict[str, list[dict[str, float]]] = {"test": [], "validation": []}
+    columns = config.data().columns
     with mlflow.start_run(experiment_id=experiment_id, run_name=row.name, nested=True):
-        params: dict[str, Any] = {}
+        fold_params: list[dict[str, Any]] = []
         for fold in folds:
             frame = fold.train.select(data.table)
             rows = assessed[fold.key]
@@ -422,18 +489,20 @@ def _run_row(
                 nested=True,
             ):
                 fit_started = time.perf_counter()
-                scorer = row.fit(frame, label, config.n_jobs)
+                scorer, chosen = row.fit(data.table, fold.train, columns, config.n_jobs)
                 fit_seconds = time.perf_counter() - fit_started
                 metrics = fraud_metrics(
                     rows[label],
                     scorer.predict_proba(rows),
                     days=rows[DAY_COLUMN],
-                    customers=rows[config.data().columns.customer_column],
+                    customers=rows[columns.customer_column],
                 )
                 params = {"model": row.name, "n_features": len(row.features), **scorer.params}
+                fold_params.append(params)
                 mlflow.log_params(
                     {
                         **params,
+                        **{key: value for key, value in chosen.items() if key != _CHOSEN_AP},
                         "role": fold.role,
                         "fold": fold.index,
                         "train_first_day": data.date(fold.train.start),
@@ -445,6 +514,7 @@ def _run_row(
                 mlflow.log_metrics(
                     {
                         **metrics,
+                        **({_CHOSEN_AP: chosen[_CHOSEN_AP]} if _CHOSEN_AP in chosen else {}),
                         "fit_seconds": fit_seconds,
                         "train_rows": len(frame),
                         "assessed_rows": len(rows),
@@ -452,15 +522,24 @@ def _run_row(
                 )
             per_role[fold.role].append(metrics)
             logger.info(
-                "%s %s fold %d (train from %s): %s (fit %.1f s)",
+                "%s %s fold %d (train from %s): %s (fit %.1f s)%s",
                 row.name,
                 fold.role,
                 fold.index,
                 data.date(fold.train.start),
                 ", ".join(f"{key} {value:.3f}" for key, value in metrics.items()),
                 fit_seconds,
+                f", chose {chosen['chosen_candidate']} x {chosen['chosen_rounds']}"
+                if chosen
+                else "",
             )
-        mlflow.log_params(params)
+        # The row's settings: what every fold shares (a sweep picks per fold, see the folds).
+        shared = {
+            key: value
+            for key, value in fold_params[0].items()
+            if all(other.get(key) == value for other in fold_params[1:])
+        }
+        mlflow.log_params({**shared, "sweep_on_validation": row.sweep})
         for role, per_fold in per_role.items():
             mean, std = _summary(per_fold)
             mlflow.log_metrics({f"{role}_{key}_mean": value for key, value in mean.items()})

@@ -3,7 +3,13 @@ import pytest
 
 from fraud_detection.config import MODEL_KINDS, ModelConfig
 from fraud_detection.features import FEATURE_COLUMNS, add_features
-from fraud_detection.model import Scorer, build_estimator, estimator_params, fit_scorer
+from fraud_detection.model import (
+    Scorer,
+    build_estimator,
+    estimator_params,
+    feature_importance,
+    fit_scorer,
+)
 from tests.conftest import tiny_simulation
 
 CONFIG = ModelConfig(n_estimators=20, n_jobs=1)
@@ -25,6 +31,9 @@ def test_every_kind_fits_scores_and_reloads_identically(kind, featurised, tmp_pa
 
     reloaded = Scorer.load(scorer.save(tmp_path), kind, FEATURE_COLUMNS)
     np.testing.assert_allclose(reloaded.predict_proba(featurised), probabilities, rtol=1e-6)
+    importance = feature_importance(scorer)  # the model card's plot
+    assert sorted(importance.index) == sorted(FEATURE_COLUMNS)
+    assert (importance >= 0).all() and importance.sum() > 0
 
 
 def test_xgboost_takes_its_settings_from_the_config(featurised):
