@@ -6,8 +6,8 @@ just the package code (``code_paths``), the estimator in its own format and a sm
 
 - XGBoost boosters are saved in XGBoost's own UBJSON format and scored with ``inplace_predict``
   (no DMatrix copy; the fastest path for small requests).
-- scikit-learn estimators (the logistic-regression baseline) are saved with skops, the safe
-  format MLflow's own sklearn flavor uses, instead of pickle.
+- scikit-learn estimators (the logistic-regression and random-forest baselines) are saved with
+  skops, the safe format MLflow's own sklearn flavor uses, instead of pickle.
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ def build_estimator(
     overrides: dict[str, Any] | None = None,
     early_stopping: bool = False,
 ) -> Any:
-    """Return an unfitted estimator of ``kind`` ("xgboost" or "logistic_regression").
+    """Return an unfitted estimator of ``kind`` (one of ``config.MODEL_KINDS``).
+
+    XGBoost takes its hyperparameters from ``config`` and ``overrides``; the two baselines use
+    the settings of the book's chapter 3.4 (scikit-learn's defaults of its time).
 
     Args:
         kind: Model family.
@@ -109,6 +112,7 @@ def build_estimator(
             "max_depth": config.max_depth,
             "learning_rate": config.learning_rate,
             "scale_pos_weight": weight,
+            "max_bin": config.max_bin,
             **(overrides or {}),
         }
         stop = config.early_stopping_rounds if early_stopping else 0
@@ -129,6 +133,10 @@ def build_estimator(
         from sklearn.preprocessing import StandardScaler
 
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1_000))
+    if kind == "random_forest":
+        from sklearn.ensemble import RandomForestClassifier
+
+        return RandomForestClassifier(n_estimators=100, n_jobs=n_jobs, random_state=0)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -138,10 +146,12 @@ def estimator_params(kind: str, estimator: Any) -> dict[str, Any]:
         params = estimator.get_xgb_params()
         params["n_estimators"] = estimator.n_estimators
     else:
+        # A pipeline's own parameters are its steps; the steps' settings are "step__name".
+        nested = hasattr(estimator, "steps")
         params = {
             key: value
             for key, value in estimator.get_params().items()
-            if "__" in key and isinstance(value, (int, float, str, bool))
+            if ("__" in key or not nested) and isinstance(value, (int, float, str, bool))
         }
     return {key: value for key, value in params.items() if value is not None}
 
@@ -289,11 +299,13 @@ def fit_scorer(
 
 
 def feature_importance(scorer: Scorer) -> pd.Series:
-    """Importance of each feature: total gain (XGBoost) or |standardised coefficient|."""
+    """Importance of each feature: total gain, impurity decrease or |standardised coefficient|."""
     if scorer.kind == "xgboost":
         gains = scorer.estimator.get_score(importance_type="total_gain")
         # The booster names features f0, f1, ... (it was fitted on a matrix).
         values = [gains.get(f"f{index}", 0.0) for index in range(len(scorer.features))]
+    elif scorer.kind == "random_forest":
+        values = scorer.estimator.feature_importances_
     else:
         values = np.abs(scorer.estimator[-1].coef_[0])
     return pd.Series(values, index=list(scorer.features), dtype=float).sort_values()

@@ -91,6 +91,7 @@ def test_build_config_round_trips_through_strings():
         (ModelConfig, {"model_kinds": "xgboost,forest"}, "unknown model forest"),
         (ModelConfig, {"n_estimators": "-3"}, "n_estimators"),
         (ModelConfig, {"learning_rate": "2"}, "learning_rate"),
+        (ModelConfig, {"max_bin": "1"}, "max_bin must be >= 2"),
         (GateConfig, {"min_roc_auc": "1.5"}, "between 0 and 1"),
         (GateConfig, {"champion_tolerance": "-0.1"}, "between 0 and 1"),
         (TrainConfig, {"n_customers": "-5"}, "n_customers must be at least 1"),

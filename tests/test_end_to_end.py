@@ -100,7 +100,10 @@ def test_mlflow_scoring_server_answers_with_probability_and_decision(scoring_ser
     assert 0.0 <= prediction["fraud_probability"] <= 1.0
     assert prediction["is_fraud"] in (0, 1)
 
-    split = {"dataframe_split": {"columns": list(FEATURE_COLUMNS), "data": [[1] * 15, [2] * 15]}}
+    width = len(FEATURE_COLUMNS)
+    split = {
+        "dataframe_split": {"columns": list(FEATURE_COLUMNS), "data": [[1] * width, [2] * width]}
+    }
     status, body = post_json(f"{scoring_server}/invocations", split)
     assert status == 200
     assert len(body["predictions"]) == 2

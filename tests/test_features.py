@@ -2,7 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraud_detection.features import FEATURE_COLUMNS, add_features
+from fraud_detection.features import (
+    AMOUNT_RATIO_COLUMNS,
+    BOOK_FEATURE_COLUMNS,
+    FEATURE_COLUMNS,
+    add_features,
+)
 from fraud_detection.schema import TransactionColumns
 from tests.conftest import tiny_simulation
 
@@ -16,9 +21,9 @@ def _reference_features(table: pd.DataFrame, delay: int = 7) -> pd.DataFrame:
         for window in (1, 7, 30):
             count = series.rolling(f"{window}D").count().to_numpy()
             out[f"CUSTOMER_ID_NB_TX_{window}DAY_WINDOW"] = count
-            out[f"CUSTOMER_ID_AVG_AMOUNT_{window}DAY_WINDOW"] = (
-                series.rolling(f"{window}D").sum().to_numpy() / count
-            )
+            average = series.rolling(f"{window}D").sum().to_numpy() / count
+            out[f"CUSTOMER_ID_AVG_AMOUNT_{window}DAY_WINDOW"] = average
+            out[f"CUSTOMER_ID_AMOUNT_RATIO_{window}DAY_WINDOW"] = series.to_numpy() / average
         rows.append(out.set_index("TRANSACTION_ID"))
     customer = pd.concat(rows)
     rows = []
@@ -37,9 +42,11 @@ def _reference_features(table: pd.DataFrame, delay: int = 7) -> pd.DataFrame:
     return customer.join(pd.concat(rows))
 
 
-def test_fifteen_features():
-    assert len(FEATURE_COLUMNS) == 15
-    assert len(set(FEATURE_COLUMNS)) == 15
+def test_the_books_fifteen_features_then_three_amount_ratios():
+    assert len(BOOK_FEATURE_COLUMNS) == 15
+    assert len(AMOUNT_RATIO_COLUMNS) == 3
+    assert FEATURE_COLUMNS == BOOK_FEATURE_COLUMNS + AMOUNT_RATIO_COLUMNS
+    assert len(set(FEATURE_COLUMNS)) == 18
 
 
 def test_matches_the_books_rolling_windows():
@@ -71,6 +78,27 @@ def test_calendar_features():
     assert features["CUSTOMER_ID_NB_TX_7DAY_WINDOW"].tolist() == [1, 2, 3]
     assert features["CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW"].tolist() == [10, 15, 30]
     assert features["CUSTOMER_ID_NB_TX_1DAY_WINDOW"].tolist() == [1, 1, 1]
+    # Amount over the card's average, the current transaction included: 10/10, 20/15, 60/30.
+    assert features["CUSTOMER_ID_AMOUNT_RATIO_7DAY_WINDOW"].tolist() == [1.0, 20 / 15, 2.0]
+    assert features["CUSTOMER_ID_AMOUNT_RATIO_1DAY_WINDOW"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_amount_ratio_is_one_when_the_average_is_not_positive():
+    table = pd.DataFrame(
+        {
+            "TRANSACTION_ID": [1, 2, 3, 4],
+            "TX_DATETIME": pd.to_datetime(
+                ["2018-04-02 10:00", "2018-04-02 11:00", "2018-04-02 12:00", "2018-04-02 13:00"]
+            ),
+            "CUSTOMER_ID": [1, 1, 2, 2],
+            "TERMINAL_ID": [1, 1, 1, 1],
+            "TX_AMOUNT": [0.0, 0.0, 5.0, -20.0],  # a free item; a refund larger than the spend
+            "TX_FRAUD": [0, 0, 0, 0],
+        }
+    )
+    features = add_features(table)
+    for column in AMOUNT_RATIO_COLUMNS:
+        assert features[column].tolist() == [1.0, 1.0, 1.0, 1.0], column
 
 
 def test_terminal_risk_only_uses_labels_older_than_the_delay():

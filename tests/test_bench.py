@@ -1,0 +1,67 @@
+"""The handbook benchmark still runs against the package (tiny data: checks wiring, not figures)."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from tests.conftest import PROJECT_DIR
+
+SCRIPT = PROJECT_DIR / "bench" / "reproduce_handbook.py"
+TINY = ["--n-customers", "300", "--n-terminals", "600", "--n-folds", "1", "--n-jobs", "1"]
+
+
+def _bench(*arguments: str, cwd) -> subprocess.CompletedProcess:
+    # From tmp_path: MLflow puts the artifacts of a new SQLite store under the working directory.
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *TINY, *arguments],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def test_benchmark_writes_figures_and_logs_every_model(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'bench.db'}"
+    out = tmp_path / "figures.json"
+    models = "logistic_regression_book,xgboost_book,xgboost_template"
+    result = _bench("--models", models, "--tracking-uri", uri, "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Test, 1-fold prequential" in result.stdout
+    assert "Speed" in result.stdout
+
+    figures = json.loads(out.read_text())
+    assert set(figures) == set(models.split(","))
+    for row in figures.values():
+        assert set(row) == {"roc_auc", "average_precision", "card_precision_at_100"}
+        assert all(0.0 <= value <= 1.0 for value in row.values())
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("handbook-benchmark")
+    runs = client.search_runs([experiment.experiment_id])
+    # One benchmark run, one run per model, one per model and fold (1 test + 1 validation).
+    assert len(runs) == 1 + 3 + 3 * 2
+    assert all(run.info.status == "FINISHED" for run in runs)
+    folds = [run for run in runs if "role" in run.data.params]
+    assert {run.data.params["role"] for run in folds} == {"test", "validation"}
+    assert all("average_precision" in run.data.metrics for run in folds)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code", "message"),
+    [
+        (["--models", "svm"], 2, "models: unknown or empty svm"),
+        (["--train-start", "someday"], 2, "train_start must be a date"),
+        (["--train-start", "2018-09-20"], 1, "the split does not fit the data"),
+    ],
+)
+def test_bad_options_fail_in_one_line(arguments, code, message, tmp_path):
+    result = _bench(
+        *arguments, "--tracking-uri", f"sqlite:///{tmp_path / 'bench.db'}", cwd=tmp_path
+    )
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
