@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, DataType, Schema
 
@@ -366,6 +368,23 @@ def model_config(
     }
 
 
+def _require_finite(values: np.ndarray, features: Sequence[str]) -> None:
+    """Refuse missing or infinite feature values: the model never saw any in training.
+
+    XGBoost would score a NaN silently down its "missing" branch, and logistic regression
+    would fail with a stack trace; either way the caller's bug would be hidden or unclear.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    row, column = (int(index[0]) for index in np.nonzero(~finite))
+    raise MlflowException(
+        f"column {features[column]}: row {row} is missing (NaN) or infinite; "
+        "the model needs a finite value for every feature",
+        error_code=INVALID_PARAMETER_VALUE,
+    )
+
+
 class FraudDetector(PythonModel):
     """The served model: feature rows in, fraud probability and decision out.
 
@@ -383,7 +402,9 @@ class FraudDetector(PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        probabilities = self.scorer.predict_proba(model_input)
+        values = _matrix(model_input, self.scorer.features)
+        _require_finite(values, self.scorer.features)
+        probabilities = self.scorer.predict_proba_values(values)
         return predictions_frame(probabilities, self.threshold)
 
     def predict_values(self, values: np.ndarray) -> dict[str, np.ndarray]:

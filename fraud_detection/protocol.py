@@ -7,7 +7,9 @@ same protocol for models whose inputs are named numeric columns, without buildin
 the way: the request becomes one float64 matrix in the signature's column order, checked against
 the signature (every required column present, every value a finite number, integers where the
 signature says so). A bad request raises ``RequestError`` whose message names the column, the row
-and the problem, and never repeats the request's content.
+and the problem, and never repeats the request's content. Columns the signature does not name
+are not scored; their names come back with the matrix, so that the service can warn about them
+or refuse them (a silent drop would hide an upstream bug).
 
 Everything here is pure: bytes in, a matrix or bytes out.
 """
@@ -56,6 +58,14 @@ def bad_request(message: str) -> RequestError:
 
 
 @dataclass(frozen=True)
+class ScoringInput:
+    """A parsed request: the matrix to score, and the columns it sent that the model ignores."""
+
+    values: np.ndarray
+    extra_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class InputColumn:
     name: str
     type: str  # one of NUMERIC_TYPES
@@ -95,8 +105,11 @@ class InputSchema:
         return cls(tuple(columns))
 
 
-def parse_request(body: bytes, content_type: str | None, schema: InputSchema) -> np.ndarray:
+def parse_request(body: bytes, content_type: str | None, schema: InputSchema) -> ScoringInput:
     """Turn a scoring request into a float64 matrix: one row per record, columns as ``schema``.
+
+    Also returns the names of the columns the request sent that ``schema`` does not have, in
+    the order first seen.
 
     Raises:
         RequestError: 415 for an unsupported content type, 400 for a body that does not fit
@@ -104,12 +117,19 @@ def parse_request(body: bytes, content_type: str | None, schema: InputSchema) ->
     """
     mime_type = _mime_type(content_type)
     if mime_type == JSON:
-        values = _from_json(body, schema)
+        values, sent = _from_json(body, schema)
     elif mime_type == CSV:
-        values = _from_frame(_read_csv(body), schema)
+        values, sent = _from_frame(_read_csv(body), schema)
     else:
-        values = _from_frame(_read_parquet(body), schema)
-    return check_values(values, schema)
+        values, sent = _from_frame(_read_parquet(body), schema)
+    known = set(schema.names)
+    extra = tuple(name for name in dict.fromkeys(sent) if name not in known)
+    return ScoringInput(check_values(values, schema), extra)
+
+
+# Each reader returns the matrix and the column names the request used (all of them, or at
+# least every one that is not the model's).
+_Read = tuple[np.ndarray, Sequence[str]]
 
 
 def _mime_type(content_type: str | None) -> str:
@@ -141,7 +161,7 @@ def _mime_type(content_type: str | None) -> str:
 # --- JSON -------------------------------------------------------------------------------------
 
 
-def _from_json(body: bytes, schema: InputSchema) -> np.ndarray:
+def _from_json(body: bytes, schema: InputSchema) -> _Read:
     try:
         payload = json.loads(body)
     except UnicodeDecodeError as error:
@@ -178,7 +198,7 @@ def _format_help(problem: str) -> str:
     )
 
 
-def _from_split(data: Any, schema: InputSchema) -> np.ndarray:
+def _from_split(data: Any, schema: InputSchema) -> _Read:
     if not isinstance(data, dict):
         raise bad_request(
             f"dataframe_split must be an object with columns and data, not {_kind(data)}"
@@ -198,9 +218,9 @@ def _from_split(data: Any, schema: InputSchema) -> np.ndarray:
     except (ValueError, TypeError, OverflowError):
         matrix = None  # ragged, or a value that is not a number somewhere: find out below
     if matrix is not None and matrix.ndim == 2 and matrix.shape[1] == len(columns):
-        return _select(matrix, wanted)
+        return _select(matrix, wanted), columns
     if matrix is not None and matrix.size == 0 and not rows:
-        return np.empty((0, len(schema.columns)))
+        return np.empty((0, len(schema.columns))), columns
     for index, row in enumerate(rows):
         if not isinstance(row, list):
             raise bad_request(f"dataframe_split: row {index} is {_kind(row)}, not a list")
@@ -210,10 +230,10 @@ def _from_split(data: Any, schema: InputSchema) -> np.ndarray:
             )
     # Only the model's columns must be numbers: extra columns may hold anything.
     picked = [[row[i] if i is not None else None for i in wanted] for row in rows]
-    return _to_matrix(picked, schema)
+    return _to_matrix(picked, schema), columns
 
 
-def _from_records(data: Any, schema: InputSchema, input_format: str) -> np.ndarray:
+def _from_records(data: Any, schema: InputSchema, input_format: str) -> _Read:
     if not isinstance(data, list):
         raise bad_request(f"{input_format} must be a list of records, not {_kind(data)}")
     for index, record in enumerate(data):
@@ -229,19 +249,26 @@ def _from_records(data: Any, schema: InputSchema, input_format: str) -> np.ndarr
         if picked is not None:
             if len(names) == 1:
                 picked = [[value] for value in picked]
-            return _to_matrix(picked, schema)
+            # Every record has the model's columns: only a longer one has others too.
+            longer = [record for record in data if len(record) > len(names)]
+            return _to_matrix(picked, schema), _keys(longer)
     # Some record lacks a column (or some columns are optional): name what is missing.
-    seen: set[str] = set().union(*(record.keys() for record in data)) if data else set()
+    seen = _keys(data)
     _require_columns(schema, seen)
     for column in schema.columns:
         if column.required:
             for index, record in enumerate(data):
                 if column.name not in record:
                     raise bad_request(f"column {column.name}: row {index} has no value")
-    return _to_matrix([[record.get(name) for name in names] for record in data], schema)
+    return _to_matrix([[record.get(name) for name in names] for record in data], schema), seen
 
 
-def _from_columns(data: Mapping[str, Any], schema: InputSchema, input_format: str) -> np.ndarray:
+def _keys(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every key of ``records``, in the order first seen."""
+    return list(dict.fromkeys(key for record in records for key in record))
+
+
+def _from_columns(data: Mapping[str, Any], schema: InputSchema, input_format: str) -> _Read:
     _require_columns(schema, data)
     given = {
         column.name: values if isinstance(values, list) else [values]
@@ -256,7 +283,7 @@ def _from_columns(data: Mapping[str, Any], schema: InputSchema, input_format: st
                 f"{input_format}: column {name} has {len(values)} values, the others {rows}"
             )
     columns = [given.get(column.name, [None] * rows) for column in schema.columns]
-    return _to_matrix(list(zip(*columns, strict=True)), schema)
+    return _to_matrix(list(zip(*columns, strict=True)), schema), list(data)
 
 
 def _require_columns(schema: InputSchema, present: Any) -> None:
@@ -344,7 +371,7 @@ def _read_parquet(body: bytes) -> pd.DataFrame:
         raise bad_request("the request body is not a readable Parquet table") from error
 
 
-def _from_frame(frame: pd.DataFrame, schema: InputSchema) -> np.ndarray:
+def _from_frame(frame: pd.DataFrame, schema: InputSchema) -> _Read:
     _require_columns(schema, frame.columns)
     matrix = np.full((len(frame), len(schema.columns)), np.nan)
     for position, column in enumerate(schema.columns):
@@ -357,7 +384,7 @@ def _from_frame(frame: pd.DataFrame, schema: InputSchema) -> np.ndarray:
             first = int(np.flatnonzero(unreadable.to_numpy())[0])
             raise bad_request(f"column {column.name}: row {first} is not a number")
         matrix[:, position] = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-    return matrix
+    return matrix, [str(name) for name in frame.columns]
 
 
 # --- checks shared by every format ------------------------------------------------------------

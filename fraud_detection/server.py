@@ -23,6 +23,7 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.connection
+import re
 import signal
 import socket
 import threading
@@ -40,11 +41,23 @@ from starlette.routing import Route
 from fraud_detection.config import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, ConfigError
 from fraud_detection.errors import PipelineError
 from fraud_detection.follower import ModelFollower, ServedModel
-from fraud_detection.protocol import JSON, RequestError, parse_request, predictions_json
+from fraud_detection.protocol import (
+    JSON,
+    RequestError,
+    bad_request,
+    parse_request,
+    predictions_json,
+)
 
 logger = logging.getLogger(__name__)
 
 MODEL_VERSION_HEADER = "X-Model-Version"
+# Names the columns a request sent that the model does not take (--extra-columns warn).
+IGNORED_COLUMNS_HEADER = "X-Ignored-Columns"
+EXTRA_COLUMN_POLICIES = ("warn", "reject")
+# Column names are the client's text: only plain ones are repeated, and only a few.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_NAMES_SHOWN = 10
 # Upper bounds (seconds) of the latency histogram: from a single row to a large batch.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -79,6 +92,13 @@ class ApiConfig:
         default=16 * 1024 * 1024,
         metadata={"help": "Largest request body accepted (bytes); larger ones get 413."},
     )
+    extra_columns: str = field(
+        default="warn",
+        metadata={
+            "help": "Columns the model does not take: warn (score the rest, name them in the "
+            f"{IGNORED_COLUMNS_HEADER} header, the log and /metrics) or reject (400)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.model_uri.strip():
@@ -91,6 +111,11 @@ class ApiConfig:
             raise ConfigError(f"--poll-seconds must be >= 0, got {self.poll_seconds}")
         if self.max_body_bytes < 1024:
             raise ConfigError(f"--max-body-bytes must be at least 1024, got {self.max_body_bytes}")
+        if self.extra_columns not in EXTRA_COLUMN_POLICIES:
+            raise ConfigError(
+                f"--extra-columns must be one of {', '.join(EXTRA_COLUMN_POLICIES)}, "
+                f"got {self.extra_columns!r}"
+            )
 
 
 class ServiceMetrics:
@@ -104,6 +129,7 @@ class ServiceMetrics:
         self.bucket_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
         self.rows = 0
+        self.extra_column_requests = 0
 
     def observe(self, status: int, seconds: float, rows: int) -> None:
         self.requests_by_status[status] = self.requests_by_status.get(status, 0) + 1
@@ -146,6 +172,12 @@ class ServiceMetrics:
         ]
         lines += _metric("fraud_serving_rows_total", "counter", "Rows scored.")
         lines.append(f"fraud_serving_rows_total {self.rows}")
+        lines += _metric(
+            "fraud_serving_extra_column_requests_total",
+            "counter",
+            "Requests that sent columns the model does not take (warned or rejected).",
+        )
+        lines.append(f"fraud_serving_extra_column_requests_total {self.extra_column_requests}")
         labels = f'name="{model.name or ""}",version="{model.version or ""}"'
         lines += _metric(
             "fraud_serving_model_version",
@@ -171,9 +203,18 @@ def _metric(name: str, kind: str, help_text: str) -> list[str]:
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
 
 
-def create_app(follower: ModelFollower, max_body_bytes: int) -> Starlette:
-    """The ASGI application around a loaded ``follower`` (its thread runs while the app does)."""
+def create_app(
+    follower: ModelFollower, max_body_bytes: int, extra_columns: str = "warn"
+) -> Starlette:
+    """The ASGI application around a loaded ``follower`` (its thread runs while the app does).
+
+    ``extra_columns`` is what a request with columns the model does not take gets: ``warn``
+    (scored; the columns named in a response header, logged once per distinct set, counted) or
+    ``reject`` (400). MLflow's scoring server drops them silently, which hides upstream bugs
+    such as a renamed feature arriving beside the old name.
+    """
     metrics = ServiceMetrics()
+    warned: set[tuple[str, ...]] = set()
 
     async def invocations(request: Request) -> Response:
         started = time.perf_counter()
@@ -181,12 +222,23 @@ def create_app(follower: ModelFollower, max_body_bytes: int) -> Starlette:
         try:
             body = await _read_body(request, max_body_bytes)
             model = follower.current  # read once: the whole request uses this version
-            values = parse_request(body, request.headers.get("content-type"), model.schema)
-            rows = len(values)
+            parsed = parse_request(body, request.headers.get("content-type"), model.schema)
+            headers = _version_header(model)
+            if parsed.extra_columns:
+                metrics.extra_column_requests += 1
+                names = _describe_columns(parsed.extra_columns)
+                if extra_columns == "reject":
+                    raise bad_request(
+                        f"the model does not take column(s) {names}; send only its "
+                        f"{len(model.schema.columns)} signature columns"
+                    )
+                headers[IGNORED_COLUMNS_HEADER] = names
+                if parsed.extra_columns not in warned and len(warned) < 1000:
+                    warned.add(parsed.extra_columns)
+                    logger.warning("Requests send columns the model ignores: %s", names)
+            rows = len(parsed.values)
             response = Response(
-                predictions_json(model.predict(values)),
-                media_type=JSON,
-                headers=_version_header(model),
+                predictions_json(model.predict(parsed.values)), media_type=JSON, headers=headers
             )
         except RequestError as error:
             response = Response(error.body(), status_code=error.status, media_type=JSON)
@@ -254,6 +306,13 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _describe_columns(names: tuple[str, ...]) -> str:
+    """The first few plain names; other names counted, never repeated."""
+    plain = [name for name in names if _PLAIN_NAME.fullmatch(name)][:_NAMES_SHOWN]
+    others = len(names) - len(plain)
+    return ", ".join(plain) + (f"{', ' if plain else ''}{others} other(s)" if others else "")
 
 
 def _version_header(model: ServedModel) -> dict[str, str]:
@@ -335,7 +394,7 @@ def _serve_worker(config: ApiConfig, sock: socket.socket) -> None:
         signal.signal(signal.SIGTERM, previous)
     settle_memory()
     try:
-        run_uvicorn(create_app(follower, config.max_body_bytes), sock)
+        run_uvicorn(create_app(follower, config.max_body_bytes, config.extra_columns), sock)
     finally:
         follower.close()
 

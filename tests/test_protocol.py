@@ -53,8 +53,44 @@ FORMATS = {
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_every_json_format_gives_the_rows_in_signature_order(name):
-    values = parse_request(_json(FORMATS[name]), JSON, SCHEMA)
-    np.testing.assert_array_equal(values, ROWS.to_numpy())
+    parsed = parse_request(_json(FORMATS[name]), JSON, SCHEMA)
+    np.testing.assert_array_equal(parsed.values, ROWS.to_numpy())
+    assert parsed.extra_columns == (("note", "card") if name == "extra columns" else ())
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {
+            "dataframe_split": ROWS.assign(note="x", card=1)[["note", *SHUFFLED, "card"]].to_dict(
+                orient="split"
+            )
+        },
+        {"dataframe_records": ROWS.assign(note="x", card=1).to_dict(orient="records")},
+        {"inputs": ROWS.assign(note="x", card=1).to_dict(orient="list")},
+        # Only some records carry the extra columns.
+        {
+            "dataframe_records": [
+                *ROWS.to_dict(orient="records"),
+                {**ROWS.iloc[0].to_dict(), "note": "x", "card": 1},
+            ]
+        },
+    ],
+    ids=["split", "records", "columns", "some records"],
+)
+def test_extra_columns_are_named_in_the_order_sent(payload):
+    assert parse_request(_json(payload), JSON, SCHEMA).extra_columns == ("note", "card")
+
+
+def test_extra_columns_of_csv_and_parquet_are_named():
+    frame = ROWS.assign(note="x")
+    assert parse_request(frame.to_csv(index=False).encode(), "text/csv", SCHEMA).extra_columns == (
+        "note",
+    )
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer)
+    parsed = parse_request(buffer.getvalue(), "application/vnd.apache.parquet", SCHEMA)
+    assert parsed.extra_columns == ("note",)
 
 
 @pytest.mark.parametrize("name", ["dataframe_split", "dataframe_records", "inputs as columns"])
@@ -63,22 +99,23 @@ def test_the_same_values_as_mlflow_parses(name):
     mlflow_frame = infer_and_parse_data(payload, model_signature(FEATURE_COLUMNS).inputs)
     mlflow_frame = pd.DataFrame(mlflow_frame)[list(FEATURE_COLUMNS)]
     np.testing.assert_array_equal(
-        parse_request(_json(payload), JSON, SCHEMA), mlflow_frame.to_numpy(np.float64)
+        parse_request(_json(payload), JSON, SCHEMA).values, mlflow_frame.to_numpy(np.float64)
     )
 
 
 def test_csv_and_parquet_bodies():
     csv = ROWS[SHUFFLED].to_csv(index=False).encode()
-    np.testing.assert_array_equal(parse_request(csv, "text/csv", SCHEMA), ROWS.to_numpy())
+    np.testing.assert_array_equal(parse_request(csv, "text/csv", SCHEMA).values, ROWS.to_numpy())
     buffer = io.BytesIO()
     ROWS.to_parquet(buffer)
     parquet = parse_request(buffer.getvalue(), "application/vnd.apache.parquet", SCHEMA)
-    np.testing.assert_array_equal(parquet, ROWS.to_numpy())
+    np.testing.assert_array_equal(parquet.values, ROWS.to_numpy())
 
 
 def test_content_type_parameters():
     body = _json(FORMATS["dataframe_split"])
-    assert parse_request(body, "application/json; charset=utf-8", SCHEMA).shape == (3, 15)
+    parsed = parse_request(body, "application/json; charset=utf-8", SCHEMA)
+    assert parsed.values.shape == (3, len(FEATURE_COLUMNS))
     assert _refused(body, "application/json; charset=latin-1").status == 415
     assert _refused(body, "text/plain").status == 415
     assert _refused(body, None).status == 415  # type: ignore[arg-type]
@@ -127,7 +164,7 @@ def test_a_bad_value_names_the_column_and_row_without_echoing_it(value, problem)
 def test_numbers_in_strings_are_accepted_as_mlflow_does():
     records = ROWS.to_dict(orient="records")
     records[0]["TX_AMOUNT"] = "12.5"
-    assert parse_request(_json({"dataframe_records": records}), JSON, SCHEMA)[0, 0] == 12.5
+    assert parse_request(_json({"dataframe_records": records}), JSON, SCHEMA).values[0, 0] == 12.5
 
 
 def test_malformed_bodies_get_one_line_without_the_body():
@@ -164,7 +201,8 @@ def test_ragged_split_rows_are_named():
     split = ROWS.to_dict(orient="split")
     split["data"][1] = split["data"][1][:-1]
     assert _refused(_json({"dataframe_split": split})).message == (
-        "dataframe_split: row 1 has 14 values for 15 columns"
+        f"dataframe_split: row 1 has {len(FEATURE_COLUMNS) - 1} values for "
+        f"{len(FEATURE_COLUMNS)} columns"
     )
 
 
@@ -182,7 +220,7 @@ def test_integer_and_boolean_columns_are_checked():
         Schema([ColSpec(DataType.long, "count"), ColSpec(DataType.boolean, "flag")])
     )
     good = parse_request(_json({"dataframe_records": [{"count": 3, "flag": True}]}), JSON, schema)
-    np.testing.assert_array_equal(good, [[3.0, 1.0]])
+    np.testing.assert_array_equal(good.values, [[3.0, 1.0]])
     error = _refused(_json({"dataframe_records": [{"count": 2.5, "flag": 0}]}), schema=schema)
     assert error.message == "column count: row 0 is not an integer"
     error = _refused(_json({"dataframe_records": [{"count": 2, "flag": 2}]}), schema=schema)
@@ -194,7 +232,7 @@ def test_optional_columns_may_be_missing():
         Schema([ColSpec(DataType.double, "a"), ColSpec(DataType.double, "b", required=False)])
     )
     values = parse_request(_json({"dataframe_records": [{"a": 1}, {"a": 2, "b": 3}]}), JSON, schema)
-    np.testing.assert_array_equal(values, [[1.0, np.nan], [2.0, 3.0]])
+    np.testing.assert_array_equal(values.values, [[1.0, np.nan], [2.0, 3.0]])
 
 
 def test_signatures_that_cannot_be_served_are_refused():

@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fraud_detection.cli import EXIT_BAD_PARAMETERS, EXIT_FAILED, main_with_commands
@@ -107,7 +108,9 @@ def test_answers_as_the_registered_model_does(loaded, feature_rows):
     assert list(served.columns) == [PROBABILITY_COLUMN, DECISION_COLUMN]
     # Version 1 is the logistic-regression baseline: BLAS may round a row-major matrix (parsed
     # from JSON) differently from a DataFrame's column-major one, in the last bits.
-    np.testing.assert_allclose(served[PROBABILITY_COLUMN], expected[PROBABILITY_COLUMN], rtol=1e-6)
+    np.testing.assert_allclose(
+        served[PROBABILITY_COLUMN], expected[PROBABILITY_COLUMN], rtol=1e-6, atol=1e-9
+    )
     np.testing.assert_array_equal(served[DECISION_COLUMN], expected[DECISION_COLUMN])
 
 
@@ -117,6 +120,20 @@ def test_the_generic_pyfunc_path_agrees_with_the_fast_path(loaded, feature_rows)
     fast = loaded.current.predict(feature_rows.to_numpy(np.float64))
     np.testing.assert_allclose(generic[PROBABILITY_COLUMN], fast[PROBABILITY_COLUMN], rtol=1e-6)
     np.testing.assert_array_equal(generic[DECISION_COLUMN], fast[DECISION_COLUMN])
+
+
+def test_the_pyfunc_refuses_missing_values_with_the_column_and_row(loaded, feature_rows):
+    # What `mlflow models serve` and batch callers of the pyfunc meet (a 400 there, as
+    # MlflowException INVALID_PARAMETER_VALUE); XGBoost alone would score a NaN silently.
+    model = mlflow.pyfunc.load_model(loaded.current.directory)
+    rows = feature_rows.head(3).copy()
+    rows.iloc[2, rows.columns.get_loc("TX_AMOUNT")] = np.nan
+    with pytest.raises(MlflowException, match="column TX_AMOUNT: row 2 is missing") as caught:
+        model.predict(rows)
+    assert caught.value.get_http_status_code() == 400
+    rows.iloc[2, rows.columns.get_loc("TX_AMOUNT")] = np.inf
+    with pytest.raises(MlflowException, match="or infinite"):
+        model.predict(rows)
 
 
 def test_bad_requests_get_a_clear_4xx_and_serving_goes_on(loaded, feature_rows):
@@ -143,6 +160,34 @@ def test_bad_requests_get_a_clear_4xx_and_serving_goes_on(loaded, feature_rows):
     status, _, content = call(app, "POST", "/invocations", good, JSON_HEADERS)
     assert status == 200
     assert len(_predictions(content)) == 3
+
+
+def test_extra_columns_are_scored_without_them_and_named(loaded, feature_rows, caplog):
+    app = create_app(loaded, max_body_bytes=1 << 20)
+    sent = feature_rows.head(3).assign(customer_note="vip", **{"bad name: 4111": 1})
+    status, headers, content = call(app, "POST", "/invocations", _split(sent), JSON_HEADERS)
+    assert status == 200
+    # Plain names are repeated, anything else only counted.
+    assert headers["x-ignored-columns"] == "customer_note, 1 other(s)"
+    assert "Requests send columns the model ignores: customer_note, 1 other(s)" in caplog.text
+    expected = call(app, "POST", "/invocations", _split(feature_rows.head(3)), JSON_HEADERS)
+    assert content == expected[2]  # the same scores as without the extra columns
+    assert "x-ignored-columns" not in expected[1]
+    metrics = call(app, "GET", "/metrics")[2].decode()
+    assert "fraud_serving_extra_column_requests_total 1" in metrics
+
+
+def test_extra_columns_can_be_refused(loaded, feature_rows):
+    app = create_app(loaded, max_body_bytes=1 << 20, extra_columns="reject")
+    sent = feature_rows.head(3).assign(customer_note="vip")
+    status, _, content = call(app, "POST", "/invocations", _split(sent), JSON_HEADERS)
+    assert status == 400
+    assert json.loads(content)["message"] == (
+        "the model does not take column(s) customer_note; send only its "
+        f"{len(FEATURE_COLUMNS)} signature columns"
+    )
+    status, _, _ = call(app, "POST", "/invocations", _split(feature_rows.head(3)), JSON_HEADERS)
+    assert status == 200
 
 
 def test_csv_requests(loaded, feature_rows):
@@ -265,6 +310,7 @@ def test_a_busy_port_is_one_clear_line(tracking_uri, caplog):
         ("--max-body-bytes", "10", "--max-body-bytes must be at least 1024"),
         ("--poll-seconds", "-1", "--poll-seconds must be >= 0"),
         ("--port", "70000", "--port must be between 0 and 65535"),
+        ("--extra-columns", "drop", "--extra-columns must be one of warn, reject"),
     ],
 )
 def test_bad_parameters_are_refused(flag, value, message, caplog):

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from fraud_detection.features import FEATURE_COLUMNS, add_features
 from fraud_detection.model import DECISION_COLUMN, PROBABILITY_COLUMN
+from fraud_detection.server import IGNORED_COLUMNS_HEADER
 from tests.conftest import MODEL_NAME, PROJECT_DIR, TwoVersionStore, tiny_simulation
 from tests.helpers import background_process, free_port, http_ok
 
@@ -173,6 +174,58 @@ def test_large_and_bad_requests_leave_the_service_answering(store, rows, tmp_pat
         assert _request(connection, good)[0] == 200
         connection.close()
     assert exit_code == [0]
+
+
+# A value a client must never see repeated back: it stands for a card number in a bad request.
+SECRET = "4111-1111-1111-1111"
+
+
+def bad_requests(rows: pd.DataFrame) -> dict[str, bytes]:
+    """One JSON body per kind of bad request (issue 7), each carrying SECRET where it can."""
+    records = rows.head(2).to_dict(orient="records")
+
+    def changed(**values: object) -> bytes:
+        return json.dumps({"dataframe_records": [records[0], {**records[1], **values}]}).encode()
+
+    without_amount = [{k: v for k, v in record.items() if k != "TX_AMOUNT"} for record in records]
+    nan_row = {"columns": list(rows.columns), "data": [[float("nan")] * len(rows.columns)]}
+    return {
+        "malformed JSON": b'{"dataframe_records": [' + SECRET.encode(),
+        "missing column": json.dumps({"dataframe_records": without_amount}).encode(),
+        "wrong type": changed(TX_AMOUNT=SECRET),
+        "null": changed(TX_AMOUNT=None),
+        "NaN": json.dumps({"dataframe_split": nan_row}).encode(),  # json writes NaN
+        "no rows": b'{"dataframe_records": []}',
+        "empty body": b"",
+        "not an object": json.dumps([SECRET]).encode(),
+        "unknown key": json.dumps({"rows": SECRET}).encode(),
+    }
+
+
+def test_bad_requests_get_4xx_from_both_services_which_keep_serving(store, rows, tmp_path):
+    """Both services refuse every bad request and go on answering; ours also never repeats the
+    request nor shows a stack trace (MLflow's does both: README, "Serving")."""
+    uri = f"models:/{MODEL_NAME}/2"
+    good = json.dumps({"dataframe_records": rows.head(2).to_dict(orient="records")}).encode()
+    extra = json.dumps(
+        {"dataframe_records": rows.head(2).assign(note=SECRET).to_dict(orient="records")}
+    ).encode()
+    for name, command in (("mlflow", _mlflow_models_serve(uri)), ("ours", _serve_api(uri))):
+        with running(command, store, tmp_path) as (base, _):
+            connection = http.client.HTTPConnection(base, timeout=60)
+            for case, body in bad_requests(rows).items():
+                status, _, content = _request(connection, body)
+                assert 400 <= status < 500, (name, case, status)
+                if name == "ours":
+                    assert SECRET.encode() not in content, case
+                    assert b"Traceback" not in content and b"stack_trace" not in content, case
+                    assert set(json.loads(content)) == {"error_code", "message"}, case
+            status, headers, _ = _request(connection, extra)
+            assert status == 200  # both score the model's columns; ours names the others
+            ignored = headers.get(IGNORED_COLUMNS_HEADER.lower())
+            assert ignored == ("note" if name == "ours" else None)
+            assert _request(connection, good)[0] == 200, name
+            connection.close()
 
 
 def _expected(store: str, version: str, rows: pd.DataFrame) -> pd.DataFrame:
