@@ -17,20 +17,22 @@ import logging
 import multiprocessing
 import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 
 from fraud_detection.cli import flatten
-from fraud_detection.config import DataConfig, SplitConfig, TrainConfig
+from fraud_detection.config import DataConfig, ModelConfig, SplitConfig, TrainConfig
 from fraud_detection.data import Transactions, load_transactions, require_both_classes
 from fraud_detection.errors import DataError, PipelineError
 from fraud_detection.features import add_features
@@ -242,7 +244,9 @@ def _run_candidates(
         for spec in specs
     ]
     workers = min(config.model.parallel_candidates, len(jobs))
-    if workers == 1:
+    if workers == 1 and config.model.tracking_mode == "manual":
+        results = _fit_in_turn_log_behind(jobs)
+    elif workers == 1:  # autologging logs during the fit: the child run must be active then
         results = [job.run(in_process=True) for job in jobs]
     else:
         # Spawned processes: no state inherited by fork (MLflow's active-run stack, threads).
@@ -250,6 +254,34 @@ def _run_candidates(
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             results = list(pool.map(_CandidateJob.run, jobs))
     return {result.spec.name: result for result in results}
+
+
+def _fit_in_turn_log_behind(jobs: Sequence[_CandidateJob]) -> list[FittedCandidate]:
+    """Fit the candidates one after another; log each finished one from a background thread.
+
+    Each child run costs a few round trips to the tracking server; sent while the next
+    candidate trains, they are off the step's critical path (``bench/tracking_overhead.py``).
+    The child runs get the times their fits really took. Returns once every child is logged;
+    the first logging failure is raised.
+    """
+    results, pending = [], []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="candidate-logging") as logging_:
+        for job in jobs:
+            started = get_current_time_millis()
+            fitted, metrics = job.fit(job.config.model)
+            pending.append(
+                logging_.submit(
+                    job.log_child_run, fitted, metrics, started, get_current_time_millis()
+                )
+            )
+            results.append(fitted)
+        _first_failure(pending)
+    return results
+
+
+def _first_failure(futures: Sequence[Future]) -> None:
+    for future in futures:
+        future.result()
 
 
 @dataclass(frozen=True)
@@ -270,7 +302,6 @@ class _CandidateJob:
             mlflow.set_tracking_uri(self.tracking_uri)
             if self.config.model.tracking_mode == "autolog":
                 mlflow.autolog(log_models=False, log_datasets=False, silent=True)
-        label = self.config.data.columns.label_column
         model_config = self.config.model
         if not in_process and model_config.n_jobs == 0:
             # Share the cores between the parallel processes instead of oversubscribing them.
@@ -283,21 +314,48 @@ class _CandidateJob:
             parent_run_id=self.parent_run_id,
             nested=True,
             run_name=self.spec.name,
-            tags={STEP_TAG: "candidate", CANDIDATE_TAG: self.spec.name},
+            tags=self._tags,
         ) as child:
-            fitted = fit_candidate(
-                self.spec,
-                model_config,
-                self.features,
-                self.validation_train,
-                label,
-                validation=self.validation,
-            )
-            scores = fitted.predict_proba(self.validation, self.features)
-            metrics = window_metrics(self.validation, scores, self.config.data)
+            fitted, metrics = self.fit(model_config)
             manual = self.config.model.tracking_mode == "manual"
             _log_candidate(child.info.run_id, fitted, metrics, include_fit_details=manual)
         return fitted
+
+    @property
+    def _tags(self) -> dict[str, str]:
+        return {STEP_TAG: "candidate", CANDIDATE_TAG: self.spec.name}
+
+    def fit(self, model_config: ModelConfig) -> tuple[FittedCandidate, dict[str, float]]:
+        """Fit on the validation-training window; score the validation window."""
+        label = self.config.data.columns.label_column
+        fitted = fit_candidate(
+            self.spec,
+            model_config,
+            self.features,
+            self.validation_train,
+            label,
+            validation=self.validation,
+        )
+        scores = fitted.predict_proba(self.validation, self.features)
+        return fitted, window_metrics(self.validation, scores, self.config.data)
+
+    def log_child_run(
+        self, fitted: FittedCandidate, metrics: dict[str, float], started: int, ended: int
+    ) -> None:
+        """Record a finished fit as a child run, by run id (safe from any thread)."""
+        client = MlflowClient()
+        # The tags mlflow.start_run would add too: user, source, git commit.
+        tags = resolve_tags({**self._tags, MLFLOW_PARENT_RUN_ID: self.parent_run_id})
+        child = client.create_run(
+            self.experiment_id, start_time=started, tags=tags, run_name=self.spec.name
+        )
+        try:
+            _log_candidate(child.info.run_id, fitted, metrics, include_fit_details=True)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the step's own failure is the one to report
+                client.set_terminated(child.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        client.set_terminated(child.info.run_id, end_time=ended)
 
 
 def _log_candidate(
