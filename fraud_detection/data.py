@@ -142,7 +142,7 @@ def prepare_transactions(
             first = table.loc[duplicated, columns.id_column].iloc[0]
             raise DataError(
                 f"{source}: column {columns.id_column} has {int(duplicated.sum())} "
-                f"duplicated transaction id(s), first {first!r}"
+                f"duplicated transaction id(s), first {_shown(first)}"
             )
 
     sort_keys = [columns.timestamp_column]
@@ -170,9 +170,14 @@ def _parse_timestamps(values: pd.Series, source: str, name: str) -> pd.Series:
         first = values[bad].iloc[0]
         raise DataError(
             f"{source}: column {name} has {int(bad.sum())} value(s) that are not timestamps, "
-            f"first {first!r}"
+            f"first {_shown(first)}"
         )
     return parsed
+
+
+def _shown(value: object) -> str:
+    """A value as the user wrote it: 2 and '2018-xx', not np.int64(2)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _check_labels(values: pd.Series, source: str, name: str, allow_missing: bool) -> pd.Series:
@@ -182,7 +187,7 @@ def _check_labels(values: pd.Series, source: str, name: str, allow_missing: bool
     numeric = pd.to_numeric(present, errors="coerce")
     bad = numeric.isna() | ~numeric.isin([0, 1])
     if bad.any():
-        examples = ", ".join(map(repr, present[bad].unique()[:3]))
+        examples = ", ".join(map(_shown, present[bad].unique()[:3]))
         raise DataError(f"{source}: column {name} must hold 0/1 labels, found {examples}")
     labels = pd.to_numeric(values, errors="coerce")
     return labels.astype("Int8") if allow_missing else labels.astype(np.int8)

@@ -13,6 +13,7 @@ The experiment rule, in one place (the README explains it to users):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -173,13 +174,35 @@ def _try(action: Callable[..., object], *args: object) -> None:
 
 
 def _end_run(status: str, run_ids: list[str], cause: BaseException | None = None) -> None:
-    """End the active run; if the server is gone, remember the run for ``recovery``."""
+    """End the active run; if the server is gone, remember the run for ``recovery``.
+
+    When ``cause`` already shows the server unreachable (its whole retry budget spent), one
+    quick attempt is made instead of another full budget: the step fails in one budget, not two.
+    """
+    quick = cause is not None and is_unreachable(cause)
     try:
-        mlflow.end_run(status)
+        with _quick_requests() if quick else contextlib.nullcontext():
+            mlflow.end_run(status)
     except Exception as error:
         if not is_unreachable(error):
             raise
         raise _unavailable(run_ids, cause or error) from error
+
+
+@contextmanager
+def _quick_requests() -> Iterator[None]:
+    """MLflow's HTTP requests in this block: no retry, a 5 s timeout (read on every request)."""
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    saved = {name: os.environ.get(name) for name in quick}
+    os.environ.update(quick)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _unavailable(run_ids: list[str], error: BaseException) -> TrackingUnavailableError:

@@ -261,25 +261,28 @@ def _fit_in_turn_log_behind(jobs: Sequence[_CandidateJob]) -> list[FittedCandida
 
     Each child run costs a few round trips to the tracking server; sent while the next
     candidate trains, they are off the step's critical path (``bench/tracking_overhead.py``).
-    The child runs get the times their fits really took. Returns once every child is logged;
-    the first logging failure is raised.
+    The child runs get the times their fits really took. Returns once every child is logged.
+    The first logging failure stops the sweep before the next fit and is raised; the children
+    not yet sent are dropped (a server that is gone would make each wait its whole retry budget).
     """
-    results, pending = [], []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="candidate-logging") as logging_:
+    results: list[FittedCandidate] = []
+    pending: list[Future] = []
+    logging_ = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candidate-logging")
+    try:
         for job in jobs:
+            _raise_first_failure([future for future in pending if future.done()])
             started = get_current_time_millis()
             fitted, metrics = job.fit(job.config.model)
-            pending.append(
-                logging_.submit(
-                    job.log_child_run, fitted, metrics, started, get_current_time_millis()
-                )
-            )
+            ended = get_current_time_millis()
+            pending.append(logging_.submit(job.log_child_run, fitted, metrics, started, ended))
             results.append(fitted)
-        _first_failure(pending)
+        _raise_first_failure(pending)
+    finally:
+        logging_.shutdown(wait=True, cancel_futures=True)
     return results
 
 
-def _first_failure(futures: Sequence[Future]) -> None:
+def _raise_first_failure(futures: Sequence[Future]) -> None:
     for future in futures:
         future.result()
 

@@ -113,18 +113,24 @@ def test_bad_data_fails_cleanly(case, experiment, tmp_path, caplog):
     _assert_nothing_registered()
 
 
-@pytest.mark.parametrize(
-    ("flags", "message"),
-    [
-        (["--model-kinds", "xgboost,forest"], "unknown model forest; allowed: xgboost, logistic"),
-        (["--n-customers", "-5"], "n_customers must be at least 1"),
-        (["--train-days", "0"], "train_days must be between 1 and 366"),
-        (["--delay-days", "-2"], "delay_days must be between 0 and 366"),
-        (["--n-estimators", "ten"], "n_estimators must be int"),
-        (["--review-cost", "-1"], "review_cost must be >= 0"),
-        (["--grid", "huge"], "grid must be one of none, small, large"),
-    ],
-)
+BAD_TRAINING_PARAMETERS = [
+    (["--model-kinds", "xgboost,forest"], "unknown model forest; allowed: xgboost, logistic"),
+    (["--n-customers", "-5"], "n_customers must be at least 1"),
+    (["--train-days", "0"], "train_days must be between 1 and 366"),
+    (["--delay-days", "-2"], "delay_days must be between 0 and 366"),
+    (["--n-estimators", "ten"], "n_estimators must be int"),
+    (["--review-cost", "-1"], "review_cost must be >= 0"),
+    (["--grid", "huge"], "grid must be one of none, small, large"),
+]
+BAD_STEP_PARAMETERS = [
+    (EvaluateConfig, evaluate, ["--min-roc-auc", "1.5"], "min_roc_auc must be between 0 and 1"),
+    (EvaluateConfig, evaluate, ["--champion-tolerance", "-0.1"], "between 0 and 1"),
+    (RegisterConfig, register, ["--approve-version", "two"], "must be a version number"),
+    (RegisterConfig, register, ["--rollback", "maybe"], "rollback must be true or false"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_TRAINING_PARAMETERS)
 def test_bad_training_parameters_are_refused_before_any_work(flags, message, tracking_uri, caplog):
     assert main_with_exit_code(TrainConfig, train, flags, "train") == EXIT_BAD_PARAMETERS
     assert message in caplog.text
@@ -132,15 +138,7 @@ def test_bad_training_parameters_are_refused_before_any_work(flags, message, tra
     assert MlflowClient().get_experiment_by_name("fraud-detection") is None
 
 
-@pytest.mark.parametrize(
-    ("config_type", "step", "flags", "message"),
-    [
-        (EvaluateConfig, evaluate, ["--min-roc-auc", "1.5"], "min_roc_auc must be between 0 and 1"),
-        (EvaluateConfig, evaluate, ["--champion-tolerance", "-0.1"], "between 0 and 1"),
-        (RegisterConfig, register, ["--approve-version", "two"], "must be a version number"),
-        (RegisterConfig, register, ["--rollback", "maybe"], "rollback must be true or false"),
-    ],
-)
+@pytest.mark.parametrize(("config_type", "step", "flags", "message"), BAD_STEP_PARAMETERS)
 def test_bad_gate_and_registry_parameters(config_type, step, flags, message, tracking_uri, caplog):
     assert main_with_exit_code(config_type, step, flags, "") == EXIT_BAD_PARAMETERS
     assert message in caplog.text

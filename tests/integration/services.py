@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from tests.conftest import PROJECT_DIR
 from tests.helpers import (
+    BackgroundProcess,
     background_process,
     basic_auth,
     free_port,
@@ -184,6 +186,13 @@ class TrackingServer:
     url: str
     # What a client needs besides the URL (credentials; S3 access in direct mode).
     client_environment: dict[str, str] = field(default_factory=dict)
+    process: BackgroundProcess | None = None
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers: a crash, not a shutdown."""
+        assert self.process is not None
+        os.killpg(self.process.process.pid, signal.SIGKILL)
+        self.process.process.wait()
 
 
 @contextmanager
@@ -202,13 +211,14 @@ def _tracking_server(
     command = ["bash", str(script)]
     with background_process(command, workdir / "server.log", env=env, cwd=workdir) as server:
         server.wait_until(lambda: http_ok(f"{url}/health"), SERVER_START_TIMEOUT_S, script.name)
-        yield TrackingServer(url)
+        yield TrackingServer(url, process=server)
 
 
 @contextmanager
-def dev_server(workdir: Path) -> Iterator[TrackingServer]:
-    """deploy/dev-server.sh with its defaults (mlflow.db and ./mlartifacts in ``workdir``)."""
-    with _tracking_server(DEV_SERVER_SCRIPT, workdir, free_port(), {}) as server:
+def dev_server(workdir: Path, port: int | None = None) -> Iterator[TrackingServer]:
+    """deploy/dev-server.sh with its defaults (mlflow.db and ./mlartifacts in ``workdir``);
+    started again on the same ``port`` and ``workdir``, it is the same server restarted."""
+    with _tracking_server(DEV_SERVER_SCRIPT, workdir, port or free_port(), {}) as server:
         yield server
 
 

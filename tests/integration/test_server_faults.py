@@ -1,0 +1,182 @@
+"""The train step against a real `mlflow server` that crashes, restarts or stays down, and
+several train steps started at once against a new experiment on a server.
+
+The server is deploy/dev-server.sh (SQLite, local artifacts), killed with SIGKILL: a crash, not
+a shutdown. The step runs as a user runs it (`python train.py`), with the client retry budget
+the template sets (README, "When the server has a bad moment").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from fraud_detection.recovery import STATE_DIR_VARIABLE
+from tests.conftest import PROJECT_DIR
+from tests.helpers import free_port, mlflow_environment, run_command
+from tests.integration.services import dev_server
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "fraud-detection"
+# Five candidates (four grid points and the baseline), each a child run with two per-round
+# curves: plenty of logging left to do when the server dies after the first child.
+SWEEP_FLAGS = [
+    "--n-customers", "500", "--n-terminals", "1000", "--n-days", "60", "--seed", "1",
+    "--grid", "small", "--n-estimators", "200", "--n-jobs", "1",
+]  # fmt: skip
+STEP_TIMEOUT_S = 600
+
+
+@contextmanager
+def train_step(
+    url: str, workdir: Path, *flags: str, **variables: str
+) -> Iterator[subprocess.Popen]:
+    """`python train.py` against ``url`` in the background; its output in workdir/train-*.log."""
+    env = mlflow_environment(url, **{STATE_DIR_VARIABLE: str(workdir / "state")}, **variables)
+    log = (workdir / f"train-{time.monotonic_ns()}.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_DIR / "train.py"), *SWEEP_FLAGS, *flags],
+        env=env,
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+        process.wait()
+        log.close()
+
+
+def wait_for_first_candidate(client: MlflowClient, process: subprocess.Popen) -> None:
+    """Return once the step has logged a candidate's child run (it is then mid-sweep)."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the step ended before the server could be killed"
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None and client.search_runs(
+            [experiment.experiment_id], "tags.`fraud.step` = 'candidate'", max_results=1
+        ):
+            return
+        time.sleep(0.2)
+    raise AssertionError("no candidate run appeared")
+
+
+def all_runs(client: MlflowClient) -> list:
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    return client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
+
+
+def lost_metric_points(client: MlflowClient, runs: list) -> list[str]:
+    """Every metric history must be whole: steps without a gap, both curves of a fit alike."""
+    problems = []
+    for run in runs:
+        lengths = {}
+        for key in run.data.metrics:
+            if key.startswith("system/"):
+                continue  # sampled by MLflow's monitor thread, not by the step
+            steps = sorted(point.step for point in client.get_metric_history(run.info.run_id, key))
+            if steps != list(range(steps[0], steps[0] + len(steps))):
+                problems.append(f"{run.info.run_name} {key}: steps {steps[:3]}... have a gap")
+            lengths[key] = len(steps)
+        curves = {key: n for key, n in lengths.items() if key.endswith("_logloss")}
+        if len(set(curves.values())) > 1:
+            problems.append(f"{run.info.run_name}: curves of unequal length {curves}")
+    return problems
+
+
+def test_a_server_restart_mid_sweep_loses_nothing(tmp_path):
+    port = free_port()
+    with dev_server(tmp_path, port) as server:
+        client = MlflowClient(server.url)
+        with train_step(server.url, tmp_path) as step:
+            wait_for_first_candidate(client, step)
+            server.kill()
+            time.sleep(3)
+            with dev_server(tmp_path, port) as restarted:
+                exit_code = step.wait(timeout=STEP_TIMEOUT_S)
+                log = next(tmp_path.glob("train-*.log")).read_text()
+                assert exit_code == 0, log[-4000:]
+                check_the_sweep_is_whole(MlflowClient(restarted.url))
+
+
+def check_the_sweep_is_whole(client: MlflowClient) -> None:
+    runs = all_runs(client)
+    parent = next(run for run in runs if run.data.tags.get("fraud.step") == "train")
+    children = [run for run in runs if run.data.tags.get("fraud.step") == "candidate"]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    assert len(children) == 5
+    assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in children)
+    for child in children:
+        assert "validation_average_precision" in child.data.metrics
+        rounds = len(client.get_metric_history(child.info.run_id, "validation_logloss"))
+        if child.data.params["model_kind"] == "xgboost":
+            assert rounds >= int(child.data.params["best_rounds"])
+    assert lost_metric_points(client, runs) == []
+
+
+def test_a_server_that_stays_down_fails_the_step_then_its_runs_are_failed(tmp_path):
+    port = free_port()
+    with dev_server(tmp_path, port) as server:
+        client = MlflowClient(server.url)
+        # A smaller retry budget than the template's (about 7 s instead of 31 s) keeps the test
+        # short; bench/reliability.py measures the time to fail with the template's own.
+        with train_step(server.url, tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="3") as step:
+            wait_for_first_candidate(client, step)
+            server.kill()
+            killed = time.monotonic()
+            exit_code = step.wait(timeout=STEP_TIMEOUT_S)
+            failed_after = time.monotonic() - killed
+    log = next(tmp_path.glob("train-*.log")).read_text()
+    assert exit_code != 0
+    error = log.strip().splitlines()[-1]
+    assert f"the tracking server http://127.0.0.1:{port} did not answer" in error
+    assert "python -m fraud_detection.recovery" in error
+    # Bounded: one retry budget for the request that meets the dead server (the sweep stops
+    # there), one for a child being sent, one quick attempt to end the run; not minutes.
+    assert failed_after < 120, f"the step took {failed_after:.0f} s to give up"
+
+    with dev_server(tmp_path, port) as restarted:
+        client = MlflowClient(restarted.url)
+        assert "RUNNING" in {run.info.status for run in all_runs(client)}  # the outage's mark
+        env = mlflow_environment(restarted.url, **{STATE_DIR_VARIABLE: str(tmp_path / "state")})
+        recovery = run_command([sys.executable, "-m", "fraud_detection.recovery"], env)
+        assert recovery.returncode == 0, recovery.stderr[-3000:]
+        statuses = {run.info.run_name: run.info.status for run in all_runs(client)}
+    assert "RUNNING" not in statuses.values(), statuses
+    assert "FAILED" in statuses.values()
+
+
+def test_trainings_started_together_on_a_new_experiment_of_a_server(tmp_path):
+    with dev_server(tmp_path) as server:
+        flags = ["--grid", "none", "--model-kinds", "xgboost", "--n-estimators", "30"]
+        with (
+            train_step(server.url, tmp_path, *flags) as first,
+            train_step(server.url, tmp_path, *flags) as second,
+            train_step(server.url, tmp_path, *flags) as third,
+        ):
+            exit_codes = [step.wait(timeout=STEP_TIMEOUT_S) for step in (first, second, third)]
+        client = MlflowClient(server.url)
+        runs = all_runs(client)
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+    logs = "\n".join(path.read_text()[-2000:] for path in tmp_path.glob("train-*.log"))
+    assert exit_codes == [0, 0, 0], logs
+    trains = [run for run in runs if run.data.tags.get("fraud.step") == "train"]
+    assert len(trains) == 3
+    # Nothing fell back to the Default experiment: every run is in the one experiment.
+    assert {run.info.experiment_id for run in runs} == {experiment.experiment_id}
+    assert {run.info.status for run in runs} == {"FINISHED"}
