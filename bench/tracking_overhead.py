@@ -39,6 +39,8 @@ from fraud_detection.training import prepare_data, train, training_windows, wind
 
 logger = logging.getLogger("bench.tracking_overhead")
 
+DEV_SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "dev-server.sh"
+
 
 def train_without_tracking(config: TrainConfig, scratch: Path) -> float:
     """The train step's computations with no MLflow call; returns the winner's validation AP."""
@@ -93,26 +95,18 @@ def _free_port() -> int:
 
 @contextmanager
 def mlflow_server(directory: Path):
-    """A light `mlflow server` on a free loopback port: one worker, no job execution."""
+    """The recommended development server (deploy/dev-server.sh: one worker, SQLite, artifacts
+    through the server) on a free loopback port, its store in ``directory``."""
     port = _free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {
+        **os.environ,
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{directory / 'server.db'}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(directory / "artifacts"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{directory / 'server.db'}",
-            "--artifacts-destination",
-            str(directory / "artifacts"),
-        ],
+        ["bash", str(DEV_SERVER_SCRIPT)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
