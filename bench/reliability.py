@@ -216,23 +216,19 @@ def bad_requests(report: Report, folder: Path) -> None:
 def server_faults(report: Report, folder: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tests.helpers import free_port, mlflow_environment, run_command
+    from tests.helpers import mlflow_environment, run_command
     from tests.integration.services import dev_server
     from tests.integration.test_server_faults import (
         STATE_DIR_VARIABLE,
         all_runs,
+        killed_mid_sweep,
         lost_metric_points,
-        train_step,
-        wait_for_first_candidate,
     )
 
     # 1. Killed mid-sweep, restarted three seconds later: the step must finish, losing nothing.
     restart = folder / "restart"
     restart.mkdir(parents=True)
-    port = free_port()
-    with dev_server(restart, port) as server, train_step(server.url, restart) as step:
-        wait_for_first_candidate(MlflowClient(server.url), step)
-        server.kill()
+    with killed_mid_sweep(restart) as (step, port):
         report.add("faults_injected")
         time.sleep(3)
         with dev_server(restart, port) as restarted:
@@ -250,10 +246,7 @@ def server_faults(report: Report, folder: Path) -> None:
     # 2. Killed and left down: the step must give up in bounded time; recovery marks its runs.
     down = folder / "down"
     down.mkdir(parents=True)
-    port = free_port()
-    with dev_server(down, port) as server, train_step(server.url, down) as step:
-        wait_for_first_candidate(MlflowClient(server.url), step)
-        server.kill()
+    with killed_mid_sweep(down) as (step, port):
         report.add("faults_injected")
         killed = time.monotonic()
         code = step.wait(timeout=900)

@@ -76,6 +76,17 @@ def wait_for_first_candidate(client: MlflowClient, process: subprocess.Popen) ->
     raise AssertionError("no candidate run appeared")
 
 
+@contextmanager
+def killed_mid_sweep(workdir: Path, **variables: str) -> Iterator[tuple[subprocess.Popen, int]]:
+    """A train step mid-sweep whose tracking server (deploy/dev-server.sh, its store in
+    ``workdir``) has just been killed; yields the step and the port to restart the server on."""
+    port = free_port()
+    with dev_server(workdir, port) as server, train_step(server.url, workdir, **variables) as step:
+        wait_for_first_candidate(MlflowClient(server.url), step)
+        server.kill()
+        yield step, port
+
+
 def all_runs(client: MlflowClient) -> list:
     experiments = client.search_experiments(view_type=ViewType.ALL)
     return client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
@@ -100,18 +111,13 @@ def lost_metric_points(client: MlflowClient, runs: list) -> list[str]:
 
 
 def test_a_server_restart_mid_sweep_loses_nothing(tmp_path):
-    port = free_port()
-    with dev_server(tmp_path, port) as server:
-        client = MlflowClient(server.url)
-        with train_step(server.url, tmp_path) as step:
-            wait_for_first_candidate(client, step)
-            server.kill()
-            time.sleep(3)
-            with dev_server(tmp_path, port) as restarted:
-                exit_code = step.wait(timeout=STEP_TIMEOUT_S)
-                log = next(tmp_path.glob("train-*.log")).read_text()
-                assert exit_code == 0, log[-4000:]
-                check_the_sweep_is_whole(MlflowClient(restarted.url))
+    with killed_mid_sweep(tmp_path) as (step, port):
+        time.sleep(3)
+        with dev_server(tmp_path, port) as restarted:
+            exit_code = step.wait(timeout=STEP_TIMEOUT_S)
+            log = next(tmp_path.glob("train-*.log")).read_text()
+            assert exit_code == 0, log[-4000:]
+            check_the_sweep_is_whole(MlflowClient(restarted.url))
 
 
 def check_the_sweep_is_whole(client: MlflowClient) -> None:
@@ -130,17 +136,12 @@ def check_the_sweep_is_whole(client: MlflowClient) -> None:
 
 
 def test_a_server_that_stays_down_fails_the_step_then_its_runs_are_failed(tmp_path):
-    port = free_port()
-    with dev_server(tmp_path, port) as server:
-        client = MlflowClient(server.url)
-        # A smaller retry budget than the template's (about 7 s instead of 31 s) keeps the test
-        # short; bench/reliability.py measures the time to fail with the template's own.
-        with train_step(server.url, tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="3") as step:
-            wait_for_first_candidate(client, step)
-            server.kill()
-            killed = time.monotonic()
-            exit_code = step.wait(timeout=STEP_TIMEOUT_S)
-            failed_after = time.monotonic() - killed
+    # A smaller retry budget than the template's (about 7 s instead of 31 s) keeps the test
+    # short; bench/reliability.py measures the time to fail with the template's own.
+    with killed_mid_sweep(tmp_path, MLFLOW_HTTP_REQUEST_MAX_RETRIES="3") as (step, port):
+        killed = time.monotonic()
+        exit_code = step.wait(timeout=STEP_TIMEOUT_S)
+        failed_after = time.monotonic() - killed
     log = next(tmp_path.glob("train-*.log")).read_text()
     assert exit_code != 0
     error = log.strip().splitlines()[-1]
