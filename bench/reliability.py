@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -295,6 +296,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # MLflow's and scikit-learn's hints about the tiny data sets used here are not findings.
+    warnings.filterwarnings("ignore", category=UserWarning)
     sys.path.insert(0, str(PROJECT_DIR))  # the scenarios are the test suite's
     report = Report()
     started = time.perf_counter()
