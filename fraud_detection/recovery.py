@@ -48,7 +48,8 @@ def remember_unfinished(run_ids: Iterable[str], reason: str) -> Path:
 
 
 def fail_remembered_runs() -> list[str]:
-    """Mark FAILED the remembered runs of the current tracking server that are still RUNNING.
+    """Mark FAILED the remembered runs of the current tracking server that are still RUNNING,
+    and their child runs still RUNNING (a sweep's candidate the outage cut short).
 
     Entries of other servers, and entries this server could not be reached for, are kept.
     """
@@ -65,10 +66,18 @@ def fail_remembered_runs() -> list[str]:
             continue
         try:
             run = client.get_run(record["run_id"])
-            if run.info.status == RUNNING:
-                client.set_terminated(record["run_id"], "FAILED")
-                client.set_tag(record["run_id"], "fraud.error", record["why"][:5000])
-                failed.append(record["run_id"])
+            children = client.search_runs(
+                [run.info.experiment_id],
+                filter_string=(
+                    f"tags.`mlflow.parentRunId` = '{run.info.run_id}' "
+                    f"and attributes.status = '{RUNNING}'"
+                ),
+            )
+            for unfinished in [run, *children]:
+                if unfinished.info.status == RUNNING:
+                    client.set_terminated(unfinished.info.run_id, "FAILED")
+                    client.set_tag(unfinished.info.run_id, "fraud.error", record["why"][:5000])
+                    failed.append(unfinished.info.run_id)
         except MlflowException as error:
             if error.error_code != "RESOURCE_DOES_NOT_EXIST":
                 kept.append(line)

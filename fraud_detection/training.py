@@ -50,6 +50,7 @@ from fraud_detection.model import (
     model_requirements,
     model_signature,
 )
+from fraud_detection.recovery import remember_unfinished
 from fraud_detection.schema import DAY_COLUMN
 from fraud_detection.split import TimeSplit, evaluation_rows, plan_split
 from fraud_detection.threshold import tune_threshold
@@ -354,9 +355,11 @@ class _CandidateJob:
         )
         try:
             _log_candidate(child.info.run_id, fitted, metrics, include_fit_details=True)
-        except BaseException:
-            with contextlib.suppress(Exception):  # the step's own failure is the one to report
+        except BaseException as error:
+            try:
                 client.set_terminated(child.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            except Exception:  # noqa: BLE001 - the step's own failure is the one to report
+                remember_unfinished([child.info.run_id], f"candidate run cut short: {error}")
             raise
         client.set_terminated(child.info.run_id, end_time=ended)
 
