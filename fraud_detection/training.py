@@ -17,18 +17,27 @@ import logging
 import multiprocessing
 import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    Metric,
+    Param,
+    Run,
+    RunStatus,
+    RunTag,
+)
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 
 from fraud_detection.cli import flatten
@@ -54,7 +63,7 @@ from fraud_detection.recovery import remember_unfinished
 from fraud_detection.schema import DAY_COLUMN
 from fraud_detection.split import TimeSplit, evaluation_rows, plan_split
 from fraud_detection.threshold import tune_threshold
-from fraud_detection.tracking import STEP_TAG, pandas_dataset, step_run
+from fraud_detection.tracking import STEP_TAG, LoggingLane, pandas_dataset, step_run
 
 logger = logging.getLogger(__name__)
 
@@ -150,20 +159,26 @@ def window_metrics(
 
 def train(config: TrainConfig) -> str:
     """Run the train step; return a one-paragraph report."""
-    with step_run("train", config.tracking.experiment_name, flatten(config), True) as run:
+    with (
+        step_run("train", config.tracking.experiment_name, flatten(config), True) as run,
+        LoggingLane() as lane,
+    ):
+        run_id = run.info.run_id
         prepared = prepare_data(config.data, config.split)
         windows = training_windows(prepared, config.data)
-        _log_lineage(prepared, config, windows)
+        lane.submit(_log_lineage, run_id, prepared, config, windows)
 
         specs = candidate_specs(config.model)
         with _autolog(config.model.tracking_mode == "autolog"):
-            fitted = _run_candidates(specs, config, prepared.features, windows, run)
-        best_run = best_candidate_run(run.info.experiment_id, run.info.run_id)
+            fitted = _run_candidates(specs, config, prepared.features, windows, run, lane)
+        lane.drain()  # every child run on the server before asking it for the best
+        best_run = best_candidate_run(run.info.experiment_id, run_id)
         best = fitted[best_run.data.tags[CANDIDATE_TAG]]
         logger.info(
             "Best candidate on validation: %s (run %s)", best.spec.name, best_run.info.run_id
         )
 
+        final = _refit(best, config, prepared.features, windows.training, run_id, lane)
         label, amount = config.data.columns.label_column, config.data.columns.amount_column
         choice = tune_threshold(
             best.estimator,
@@ -172,7 +187,6 @@ def train(config: TrainConfig) -> str:
             windows.validation[amount].to_numpy(),
             config.cost.review_cost,
         )
-        final = _refit(best, config, prepared.features, windows.training)
         model_info = _log_model(final, choice.threshold, windows.validation, config)
         validation_metrics = {
             f"validation_{name}": best_run.data.metrics[f"validation_{name}"]
@@ -180,13 +194,17 @@ def train(config: TrainConfig) -> str:
             if f"validation_{name}" in best_run.data.metrics
         }
         validation_metrics["validation_expected_savings"] = choice.expected_savings
-        mlflow.log_metrics(validation_metrics, model_id=model_info.model_id)
-        mlflow.log_params({"best_candidate": best.spec.name, "best_rounds": best.best_rounds})
-        mlflow.set_tags(
-            {MODEL_ID_TAG: model_info.model_id, BEST_CANDIDATE_RUN_TAG: best_run.info.run_id}
+        lane.submit(
+            _log_outcome,
+            run_id,
+            model_info.model_id,
+            validation_metrics,
+            _data_metrics(prepared, windows, label),
+            {"best_candidate": best.spec.name, "best_rounds": best.best_rounds},
+            {MODEL_ID_TAG: model_info.model_id, BEST_CANDIDATE_RUN_TAG: best_run.info.run_id},
         )
         return (
-            f"train run {run.info.run_id}: best of {len(specs)} candidates {best.spec.name}, "
+            f"train run {run_id}: best of {len(specs)} candidates {best.spec.name}, "
             f"threshold {choice.threshold:.4f} (validation savings "
             f"{choice.expected_savings:,.0f}), validation average precision "
             f"{validation_metrics[SELECTION_METRIC]:.4f}; model {model_info.model_uri}"
@@ -229,8 +247,13 @@ def _run_candidates(
     features: tuple[str, ...],
     windows: Windows,
     parent: mlflow.ActiveRun,
+    lane: LoggingLane,
 ) -> dict[str, FittedCandidate]:
-    """Fit every candidate in its own nested run, in turn or in parallel processes."""
+    """Fit every candidate in its own nested run, in turn or in parallel processes.
+
+    Fitted in turn, each finished candidate's child run is sent through ``lane`` while the next
+    one trains; the caller drains the lane before reading the child runs back.
+    """
     jobs = [
         _CandidateJob(
             spec=spec,
@@ -246,7 +269,7 @@ def _run_candidates(
     ]
     workers = min(config.model.parallel_candidates, len(jobs))
     if workers == 1 and config.model.tracking_mode == "manual":
-        results = _fit_in_turn_log_behind(jobs)
+        results = _fit_in_turn_log_behind(jobs, lane)
     elif workers == 1:  # autologging logs during the fit: the child run must be active then
         results = [job.run(in_process=True) for job in jobs]
     else:
@@ -257,35 +280,25 @@ def _run_candidates(
     return {result.spec.name: result for result in results}
 
 
-def _fit_in_turn_log_behind(jobs: Sequence[_CandidateJob]) -> list[FittedCandidate]:
-    """Fit the candidates one after another; log each finished one from a background thread.
+def _fit_in_turn_log_behind(
+    jobs: Sequence[_CandidateJob], lane: LoggingLane
+) -> list[FittedCandidate]:
+    """Fit the candidates one after another; queue each finished one's child run on ``lane``.
 
     Each child run costs a few round trips to the tracking server; sent while the next
     candidate trains, they are off the step's critical path (``bench/tracking_overhead.py``).
-    The child runs get the times their fits really took. Returns once every child is logged.
-    The first logging failure stops the sweep before the next fit and is raised; the children
-    not yet sent are dropped (a server that is gone would make each wait its whole retry budget).
+    The child runs get the times their fits really took. A logging failure stops the sweep
+    before the next fit (``LoggingLane.submit`` raises it).
     """
     results: list[FittedCandidate] = []
-    pending: list[Future] = []
-    logging_ = ThreadPoolExecutor(max_workers=1, thread_name_prefix="candidate-logging")
-    try:
-        for job in jobs:
-            _raise_first_failure([future for future in pending if future.done()])
-            started = get_current_time_millis()
-            fitted, metrics = job.fit(job.config.model)
-            ended = get_current_time_millis()
-            pending.append(logging_.submit(job.log_child_run, fitted, metrics, started, ended))
-            results.append(fitted)
-        _raise_first_failure(pending)
-    finally:
-        logging_.shutdown(wait=True, cancel_futures=True)
+    for job in jobs:
+        lane.check()
+        started = get_current_time_millis()
+        fitted, metrics = job.fit(job.config.model)
+        ended = get_current_time_millis()
+        lane.submit(job.log_child_run, fitted, metrics, started, ended)
+        results.append(fitted)
     return results
-
-
-def _raise_first_failure(futures: Sequence[Future]) -> None:
-    for future in futures:
-        future.result()
 
 
 @dataclass(frozen=True)
@@ -380,12 +393,17 @@ def _log_candidate(
     if include_fit_details:
         params += [Param(key, str(value)) for key, value in fitted.params.items()]
         values += _curve_metrics(fitted.curves, now)
+    log_in_batches(run_id, values, params)
+
+
+def log_in_batches(run_id: str, metrics: Sequence[Metric], params: Sequence[Param] = ()) -> None:
+    """Log ``metrics`` (and ``params``) with as few requests as MLflow allows."""
     client = MlflowClient()
-    for start in range(0, max(len(values), 1), LOG_BATCH_LIMIT):
+    for start in range(0, max(len(metrics), 1), LOG_BATCH_LIMIT):
         client.log_batch(
             run_id,
-            metrics=values[start : start + LOG_BATCH_LIMIT],
-            params=params if start == 0 else [],
+            metrics=metrics[start : start + LOG_BATCH_LIMIT],
+            params=list(params) if start == 0 else [],
         )
 
 
@@ -398,64 +416,99 @@ def _curve_metrics(curves: dict[str, list[float]], timestamp: int) -> list[Metri
 
 
 def _refit(
-    best: FittedCandidate, config: TrainConfig, features: tuple[str, ...], training: pd.DataFrame
+    best: FittedCandidate,
+    config: TrainConfig,
+    features: tuple[str, ...],
+    training: pd.DataFrame,
+    run_id: str,
+    lane: LoggingLane,
 ) -> Scorer:
-    """Refit the winner on the training window; checkpoint and log its training curve."""
-    label = config.data.columns.label_column
-    with tempfile.TemporaryDirectory() as checkpoints:
-        callbacks = []
-        every = config.model.checkpoint_every
-        if best.spec.kind == "xgboost" and every:
-            from xgboost.callback import TrainingCheckPoint
+    """Refit the winner on the training window; queue its checkpoints and training curve."""
+    callbacks = []
+    every = config.model.checkpoint_every
+    checkpoints = lane.scratch_dir()
+    if best.spec.kind == "xgboost" and every:
+        from xgboost.callback import TrainingCheckPoint
 
-            callbacks.append(TrainingCheckPoint(checkpoints, name="booster", interval=every))
-        final = fit_candidate(
-            best.spec,
-            config.model,
-            features,
-            training,
-            label,
-            rounds=best.best_rounds,
-            callbacks=callbacks,
-        )
-        if any(Path(checkpoints).iterdir()):
-            mlflow.log_artifacts(checkpoints, "checkpoints")
+        callbacks.append(TrainingCheckPoint(str(checkpoints), name="booster", interval=every))
+    final = fit_candidate(
+        best.spec,
+        config.model,
+        features,
+        training,
+        config.data.columns.label_column,
+        rounds=best.best_rounds,
+        callbacks=callbacks,
+    )
+    if any(checkpoints.iterdir()):
+        lane.submit(MlflowClient().log_artifacts, run_id, str(checkpoints), "checkpoints")
     curves = {name: values for name, values in final.curves.items() if name.startswith("train_")}
     if curves:
-        run_id = mlflow.active_run().info.run_id
-        metrics = _curve_metrics(curves, get_current_time_millis())
-        for start in range(0, len(metrics), LOG_BATCH_LIMIT):
-            MlflowClient().log_batch(run_id, metrics=metrics[start : start + LOG_BATCH_LIMIT])
+        lane.submit(log_in_batches, run_id, _curve_metrics(curves, get_current_time_millis()))
     return Scorer.from_fitted(final, features)
 
 
-def _log_lineage(prepared: PreparedData, config: TrainConfig, windows: Windows) -> None:
+def _data_metrics(prepared: PreparedData, windows: Windows, label: str) -> dict[str, float]:
+    return {
+        "data_fraud_rate": float(prepared.table[label].mean()),
+        "training_rows": len(windows.training),
+        "training_fraud_rate": float(windows.training[label].mean()),
+        "validation_rows": len(windows.validation),
+    }
+
+
+def _log_outcome(
+    run_id: str,
+    model_id: str,
+    model_metrics: dict[str, float],
+    data_metrics: dict[str, float],
+    params: dict[str, object],
+    tags: dict[str, str],
+) -> None:
+    """The train run's results, in one request once the model is logged.
+
+    The data metrics come after the model on purpose: they describe the data, not the model,
+    and ``log_model`` links every metric the run has at that time to the model (fetching each
+    one's history to do so).
+    """
+    now = get_current_time_millis()
+    MlflowClient().log_batch(
+        run_id,
+        metrics=[
+            *(
+                Metric(key, value, now, 0, model_id=model_id)
+                for key, value in model_metrics.items()
+            ),
+            *(Metric(key, float(value), now, 0) for key, value in data_metrics.items()),
+        ],
+        params=[Param(key, str(value)) for key, value in params.items()],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
+
+
+def _log_lineage(
+    run_id: str, prepared: PreparedData, config: TrainConfig, windows: Windows
+) -> None:
     """Record what the model was trained on: the recipe to rebuild it, dates, digests, datasets.
 
     ``data_recipe.json`` holds the exact typed values; the run's parameters are for people
-    (``mlflow run`` logs its own as shell-quoted strings, ``''`` for an empty value).
+    (``mlflow run`` logs its own as shell-quoted strings, ``''`` for an empty value). Logged by
+    run id, from the step's logging lane.
     """
     split = prepared.split
     label = config.data.columns.label_column
-    mlflow.log_dict(flatten(config.data) | flatten(config.split), DATA_RECIPE_ARTIFACT)
-    mlflow.log_params(
-        {
-            "data_source": prepared.transactions.source,
-            DATA_FINGERPRINT_PARAM: prepared.transactions.fingerprint,
-            RESOLVED_TRAIN_START_PARAM: split.date(split.train.start),
-            "n_transactions": len(prepared.table),
-            **split.describe(),
-        }
-    )
-    mlflow.log_metrics(
-        {
-            "data_fraud_rate": float(prepared.table[label].mean()),
-            "training_rows": len(windows.training),
-            "training_fraud_rate": float(windows.training[label].mean()),
-            "validation_rows": len(windows.validation),
-        }
-    )
+    client = MlflowClient()
+    client.log_dict(run_id, flatten(config.data) | flatten(config.split), DATA_RECIPE_ARTIFACT)
+    params = {
+        "data_source": prepared.transactions.source,
+        DATA_FINGERPRINT_PARAM: prepared.transactions.fingerprint,
+        RESOLVED_TRAIN_START_PARAM: split.date(split.train.start),
+        "n_transactions": len(prepared.table),
+        **split.describe(),
+    }
+    client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
     columns = [*prepared.features, label]
+    datasets = []
     for context, frame in (("training", windows.training), ("validation", windows.validation)):
         dataset = pandas_dataset(
             frame[columns],
@@ -463,7 +516,12 @@ def _log_lineage(prepared: PreparedData, config: TrainConfig, windows: Windows) 
             name=f"transactions-{context}",
             label=label,
         )
-        mlflow.log_input(dataset, context=context)
+        datasets.append(
+            DatasetInput(
+                Dataset(**dataset.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]
+            )
+        )
+    client.log_inputs(run_id, datasets=datasets)
 
 
 def _log_model(
