@@ -7,7 +7,8 @@ refit the winner with checkpoints, save it), without a single MLflow call. "Trac
 ``fraud_detection.training.train`` itself, logging everything (nested runs, curves, datasets,
 system metrics, checkpoints, the model) to an `mlflow server` started here on 127.0.0.1 with
 one worker and a SQLite backend. The two alternate, so that a machine that slows down or
-speeds up affects both; medians are compared.
+speeds up affects both; medians are compared. The server's own CPU time is reported too: on a
+machine whose cores the training already keeps busy, it is part of what the tracking costs.
 
     python bench/tracking_overhead.py --repeats 3 --out bench/results/tracking_overhead.json
 """
@@ -26,11 +27,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import psutil
 
 from fraud_detection.config import DataConfig, ModelConfig, SplitConfig, TrainConfig
 from fraud_detection.model import Scorer, candidate_specs, fit_candidate
@@ -93,10 +96,23 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time used so far by ``process`` and its living descendants (a server's workers)."""
+    total = 0.0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            times = member.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 @contextmanager
-def mlflow_server(directory: Path):
+def mlflow_server(directory: Path) -> Iterator[tuple[str, psutil.Process]]:
     """The recommended development server (deploy/dev-server.sh: one worker, SQLite, artifacts
-    through the server) on a free loopback port, its store in ``directory``."""
+    through the server) on a free loopback port, its store in ``directory``: its URL and
+    process."""
     port = _free_port()
     env = {
         **os.environ,
@@ -123,7 +139,7 @@ def mlflow_server(directory: Path):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("mlflow server did not start") from None
                 time.sleep(0.5)
-        yield url
+        yield url, psutil.Process(server.pid)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -150,8 +166,8 @@ def main() -> None:
         model=ModelConfig(grid=args.grid),
     )
     untracked, tracked = [], []
-    untracked_cpu, tracked_cpu = [], []
-    with tempfile.TemporaryDirectory() as scratch, mlflow_server(Path(scratch)) as url:
+    untracked_cpu, tracked_cpu, server_cpu = [], [], []
+    with tempfile.TemporaryDirectory() as scratch, mlflow_server(Path(scratch)) as (url, server):
         os.environ["MLFLOW_TRACKING_URI"] = url
         mlflow.set_tracking_uri(url)
         train(config)  # warm-up: imports, caches, the experiment's creation
@@ -161,10 +177,11 @@ def main() -> None:
                 train_without_tracking(config, Path(out))
             untracked.append(time.perf_counter() - start)
             untracked_cpu.append(time.process_time() - cpu)
-            start, cpu = time.perf_counter(), time.process_time()
+            start, cpu, served = time.perf_counter(), time.process_time(), cpu_seconds(server)
             train(config)
             tracked.append(time.perf_counter() - start)
             tracked_cpu.append(time.process_time() - cpu)
+            server_cpu.append(cpu_seconds(server) - served)
             print(f"pair {repeat + 1}: tracking off {untracked[-1]:.2f} s, on {tracked[-1]:.2f} s")
 
     off, on = statistics.median(untracked), statistics.median(tracked)
@@ -182,6 +199,9 @@ def main() -> None:
         "tracking_cpu_overhead_ratio": round(
             statistics.median(tracked_cpu) / statistics.median(untracked_cpu) - 1, 4
         ),
+        # What the server spent on one tracked train step (it shares this machine's cores).
+        "server_cpu_seconds": round(statistics.median(server_cpu), 3),
+        "cpu_cores": os.cpu_count(),
         "repeats": args.repeats,
         "transactions": f"{args.n_customers} customers, {args.n_terminals} terminals, "
         f"{args.n_days} days",
