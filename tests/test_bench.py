@@ -65,3 +65,27 @@ def test_bad_options_fail_in_one_line(arguments, code, message, tmp_path):
     assert result.returncode == code
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_tracking_overhead_benchmark_times_both_and_writes_its_figures(tmp_path):
+    out = tmp_path / "overhead.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_DIR / "bench" / "tracking_overhead.py"),
+            *("--repeats", "1", "--n-customers", "500", "--n-terminals", "1000"),
+            *("--n-days", "60", "--grid", "none", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tracking overhead:" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["train_tracking_off_seconds"] > 0
+    assert figures["train_tracking_on_seconds"] > 0
+    assert figures["server_cpu_seconds"] > 0  # the tracked step's requests reached the server
+    assert figures["transactions"] == "500 customers, 1000 terminals, 60 days"
