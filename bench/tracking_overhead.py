@@ -10,7 +10,7 @@ one worker and a SQLite backend. The two alternate, so that a machine that slows
 speeds up affects both; medians are compared. The server's own CPU time is reported too: on a
 machine whose cores the training already keeps busy, it is part of what the tracking costs.
 
-    python bench/tracking_overhead.py --repeats 3 --out bench/results/tracking_overhead.json
+    python bench/tracking_overhead.py --repeats 5 --out bench/results/tracking_overhead.json
 """
 
 from __future__ import annotations
