@@ -31,11 +31,12 @@ import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.pandas_dataset import PandasDataset
-from mlflow.entities import Run, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 from mlflow.types.utils import _infer_schema
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from fraud_detection.config import DEFAULT_EXPERIMENT_NAME, ConfigError
 from fraud_detection.data import fingerprint
@@ -348,6 +349,29 @@ def pandas_dataset(
         digest=fingerprint(frame),
         predictions=predictions,
     )
+
+
+def log_datasets(run_id: str, datasets: Mapping[str, PandasDataset]) -> None:
+    """Record ``datasets`` (by context: training, validation...) as inputs of run ``run_id``.
+
+    MLflow's SQL store looks for an existing row of each dataset and then inserts the missing
+    ones, so trainings that log the same data at the same moment can collide on the datasets
+    table's unique key, and the server refuses the loser's request (seen with three trainings
+    started together: ``tests/integration/test_server_faults.py``). By then the winner's row is
+    committed; asked again, the store finds it and links it to this run.
+    """
+    inputs = [
+        DatasetInput(Dataset(**dataset.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        for context, dataset in datasets.items()
+    ]
+    client = MlflowClient()
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as error:
+        if is_unreachable(error):
+            raise
+        logger.debug("Logging the datasets again after %s", error)
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def find_step_run(experiment_name: str, step: str, run_id: str = "") -> Run:

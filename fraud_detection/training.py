@@ -24,20 +24,11 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import (
-    Dataset,
-    DatasetInput,
-    InputTag,
-    Metric,
-    Param,
-    Run,
-    RunStatus,
-    RunTag,
-)
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 
 from fraud_detection.cli import flatten
@@ -63,7 +54,13 @@ from fraud_detection.recovery import remember_unfinished
 from fraud_detection.schema import DAY_COLUMN
 from fraud_detection.split import TimeSplit, evaluation_rows, plan_split
 from fraud_detection.threshold import tune_threshold
-from fraud_detection.tracking import STEP_TAG, LoggingLane, pandas_dataset, step_run
+from fraud_detection.tracking import (
+    STEP_TAG,
+    LoggingLane,
+    log_datasets,
+    pandas_dataset,
+    step_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +166,13 @@ def train(config: TrainConfig) -> str:
         lane.submit(_log_lineage, run_id, prepared, config, windows)
 
         specs = candidate_specs(config.model)
-        with _autolog(config.model.tracking_mode == "autolog"):
+        autolog = config.model.tracking_mode == "autolog"
+        if autolog:
+            # mlflow.autolog() imports modules while holding the lock that MLflow's import
+            # hook takes inside every import: another thread importing at that moment
+            # deadlocks with it (MLflow 3.17). The lane must be idle then.
+            lane.drain()
+        with _autolog(autolog):
             fitted = _run_candidates(specs, config, prepared.features, windows, run, lane)
         lane.drain()  # every child run on the server before asking it for the best
         best_run = best_candidate_run(run.info.experiment_id, run_id)
@@ -508,20 +511,19 @@ def _log_lineage(
     }
     client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
     columns = [*prepared.features, label]
-    datasets = []
-    for context, frame in (("training", windows.training), ("validation", windows.validation)):
-        dataset = pandas_dataset(
-            frame[columns],
-            prepared.transactions.source,
-            name=f"transactions-{context}",
-            label=label,
-        )
-        datasets.append(
-            DatasetInput(
-                Dataset(**dataset.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]
+    frames = {"training": windows.training, "validation": windows.validation}
+    log_datasets(
+        run_id,
+        {
+            context: pandas_dataset(
+                frame[columns],
+                prepared.transactions.source,
+                name=f"transactions-{context}",
+                label=label,
             )
-        )
-    client.log_inputs(run_id, datasets=datasets)
+            for context, frame in frames.items()
+        },
+    )
 
 
 def _log_model(
