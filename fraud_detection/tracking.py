@@ -275,7 +275,7 @@ class LoggingLane:
     def check(self) -> None:
         """Raise the first failure among the calls finished so far."""
         for future in self._pending:
-            if not future.done():
+            if not future.done():  # one worker: the finished calls come first
                 return
             future.result()
 

@@ -396,10 +396,10 @@ def _log_candidate(
     if include_fit_details:
         params += [Param(key, str(value)) for key, value in fitted.params.items()]
         values += _curve_metrics(fitted.curves, now)
-    log_in_batches(run_id, values, params)
+    _log_in_batches(run_id, values, params)
 
 
-def log_in_batches(run_id: str, metrics: Sequence[Metric], params: Sequence[Param] = ()) -> None:
+def _log_in_batches(run_id: str, metrics: Sequence[Metric], params: Sequence[Param] = ()) -> None:
     """Log ``metrics`` (and ``params``) with as few requests as MLflow allows."""
     client = MlflowClient()
     for start in range(0, max(len(metrics), 1), LOG_BATCH_LIMIT):
@@ -447,7 +447,7 @@ def _refit(
         lane.submit(MlflowClient().log_artifacts, run_id, str(checkpoints), "checkpoints")
     curves = {name: values for name, values in final.curves.items() if name.startswith("train_")}
     if curves:
-        lane.submit(log_in_batches, run_id, _curve_metrics(curves, get_current_time_millis()))
+        lane.submit(_log_in_batches, run_id, _curve_metrics(curves, get_current_time_millis()))
     return Scorer.from_fitted(final, features)
 
 
