@@ -2,13 +2,15 @@
 same training with tracking off.
 
 "Tracking off" runs the very package functions the train step runs, in the same order
-(prepare data, fit every candidate on the validation split, rank them, tune the threshold,
-refit the winner with checkpoints, save it), without a single MLflow call. "Tracking on" is
-``fraud_detection.training.train`` itself, logging everything (nested runs, curves, datasets,
+(prepare data, fit every candidate on the validation split, rank them, refit the winner with
+checkpoints, tune the threshold, save the model), without a single MLflow call. "Tracking on"
+is ``fraud_detection.training.train`` itself, logging everything (nested runs, curves, datasets,
 system metrics, checkpoints, the model) to an `mlflow server` started here on 127.0.0.1 with
-one worker and a SQLite backend. The two alternate, so that a machine that slows down or
-speeds up affects both; medians are compared. The server's own CPU time is reported too: on a
-machine whose cores the training already keeps busy, it is part of what the tracking costs.
+one worker and a SQLite backend (deploy/dev-server.sh, started as the integration tests start
+it: run from a checkout installed with the dev extra). The two alternate, so that a machine
+that slows down or speeds up affects both; medians are compared. The server's own CPU time is
+reported too: on a machine whose cores the training already keeps busy, it is part of what the
+tracking costs.
 
     python bench/tracking_overhead.py --repeats 5 --out bench/results/tracking_overhead.json
 """
@@ -19,16 +21,10 @@ import argparse
 import json
 import logging
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -42,7 +38,7 @@ from fraud_detection.training import prepare_data, train, training_windows, wind
 
 logger = logging.getLogger("bench.tracking_overhead")
 
-DEV_SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "dev-server.sh"
+PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def train_without_tracking(config: TrainConfig, scratch: Path) -> float:
@@ -63,13 +59,6 @@ def train_without_tracking(config: TrainConfig, scratch: Path) -> float:
         scores = fitted.predict_proba(windows.validation, prepared.features)
         results.append((window_metrics(windows.validation, scores, config.data), fitted))
     metrics, best = max(results, key=lambda item: item[0]["average_precision"])
-    tune_threshold(
-        best.estimator,
-        windows.validation[list(prepared.features)].to_numpy(dtype=np.float32),
-        windows.validation[label].to_numpy(),
-        windows.validation[config.data.columns.amount_column].to_numpy(),
-        config.cost.review_cost,
-    )
     callbacks = []
     if best.spec.kind == "xgboost" and config.model.checkpoint_every:
         from xgboost.callback import TrainingCheckPoint
@@ -86,14 +75,15 @@ def train_without_tracking(config: TrainConfig, scratch: Path) -> float:
         rounds=best.best_rounds,
         callbacks=callbacks,
     )
+    tune_threshold(
+        best.estimator,
+        windows.validation[list(prepared.features)].to_numpy(dtype=np.float32),
+        windows.validation[label].to_numpy(),
+        windows.validation[config.data.columns.amount_column].to_numpy(),
+        config.cost.review_cost,
+    )
     Scorer.from_fitted(final, prepared.features).save(scratch / "model")
     return metrics["average_precision"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -106,43 +96,6 @@ def cpu_seconds(process: psutil.Process) -> float:
             continue
         total += times.user + times.system
     return total
-
-
-@contextmanager
-def mlflow_server(directory: Path) -> Iterator[tuple[str, psutil.Process]]:
-    """The recommended development server (deploy/dev-server.sh: one worker, SQLite, artifacts
-    through the server) on a free loopback port, its store in ``directory``: its URL and
-    process."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_PORT": str(port),
-        "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{directory / 'server.db'}",
-        "MLFLOW_ARTIFACTS_DESTINATION": str(directory / "artifacts"),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    server = subprocess.Popen(
-        ["bash", str(DEV_SERVER_SCRIPT)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("mlflow server did not start") from None
-                time.sleep(0.5)
-        yield url, psutil.Process(server.pid)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def main() -> None:
@@ -167,7 +120,13 @@ def main() -> None:
     )
     untracked, tracked = [], []
     untracked_cpu, tracked_cpu, server_cpu = [], [], []
-    with tempfile.TemporaryDirectory() as scratch, mlflow_server(Path(scratch)) as (url, server):
+    # The integration tests' server: deploy/dev-server.sh on a free loopback port, its store
+    # in the scratch folder, stopped through its process group.
+    sys.path.insert(0, str(PROJECT_DIR))
+    from tests.integration.services import dev_server
+
+    with tempfile.TemporaryDirectory() as scratch, dev_server(Path(scratch)) as tracking:
+        url, server = tracking.url, psutil.Process(tracking.process.process.pid)
         os.environ["MLFLOW_TRACKING_URI"] = url
         mlflow.set_tracking_uri(url)
         train(config)  # warm-up: imports, caches, the experiment's creation
