@@ -166,13 +166,7 @@ def train(config: TrainConfig) -> str:
         lane.submit(_log_lineage, run_id, prepared, config, windows)
 
         specs = candidate_specs(config.model)
-        autolog = config.model.tracking_mode == "autolog"
-        if autolog:
-            # mlflow.autolog() imports modules while holding the lock that MLflow's import
-            # hook takes inside every import: another thread importing at that moment
-            # deadlocks with it (MLflow 3.17). The lane must be idle then.
-            lane.drain()
-        with _autolog(autolog):
+        with _autolog(config.model.tracking_mode == "autolog", lane):
             fitted = _run_candidates(specs, config, prepared.features, windows, run, lane)
         lane.drain()  # every child run on the server before asking it for the best
         best_run = best_candidate_run(run.info.experiment_id, run_id)
@@ -231,11 +225,18 @@ def best_candidate_run(experiment_id: str, parent_run_id: str) -> Run:
 
 
 @contextlib.contextmanager
-def _autolog(enabled: bool) -> Iterator[None]:
-    """MLflow's autologging for the candidates' fits, switched off again afterwards."""
+def _autolog(enabled: bool, lane: LoggingLane) -> Iterator[None]:
+    """MLflow's autologging for the candidates' fits, switched off again afterwards.
+
+    ``mlflow.autolog()`` imports modules while holding the lock that MLflow's import hook takes
+    inside every import: another thread importing at that moment deadlocks with it (MLflow
+    3.17). So the lane is drained first; it gets no work in the block, where the candidates log
+    in-process or in processes of their own.
+    """
     if not enabled:
         yield
         return
+    lane.drain()
     # Models and datasets stay ours: one pyfunc model per train run, datasets with lineage.
     mlflow.autolog(log_models=False, log_datasets=False, silent=True)
     try:
