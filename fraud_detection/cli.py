@@ -21,8 +21,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from fraud_detection.config import ConfigError
-from fraud_detection.errors import PipelineError, is_unreachable
-from fraud_detection.recovery import fail_remembered_runs
+from fraud_detection.errors import PipelineError
+from fraud_detection.outages import diagnose, quick_requests
+from fraud_detection.recovery import repair_remembered
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +165,13 @@ def prepare_tracking_client() -> None:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     try:
-        fail_remembered_runs()
+        # One quick attempt: if the server is unwell, the step's own requests will say so.
+        with quick_requests():
+            repair_remembered()
     except Exception as error:  # noqa: BLE001 - recovery is best effort; the step goes on
-        logger.warning("Could not mark the runs of an earlier outage FAILED yet: %s", error)
+        logger.warning(
+            "Could not repair what an earlier outage left yet: %s", str(error).splitlines()[0]
+        )
 
 
 def configure_logging() -> None:
@@ -244,13 +249,10 @@ def _run_step(step: Callable[[C], str], config: C) -> int:
         logger.error("%s", error)
         return EXIT_FAILED
     except Exception as error:
-        if not is_unreachable(error):
+        outage = diagnose(error)
+        if outage is None:
             raise  # a bug: keep the stack trace
-        logger.error(
-            "the tracking server %s did not answer: %s",
-            mlflow.get_tracking_uri(),
-            str(error).splitlines()[0][:300],
-        )
+        logger.error("%s", outage.describe())
         return EXIT_FAILED
     print(report)  # the command's final report
     return EXIT_OK

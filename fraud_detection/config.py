@@ -209,9 +209,13 @@ class ModelConfig:
         default=4_096,
         metadata=_help("XGBoost histogram bins per feature (split candidates; 256 in XGBoost)."),
     )
+    # The default model keeps about 100 rounds after early stopping: every 50 writes one
+    # checkpoint on the default run, so the checkpoint path is exercised where users look.
     checkpoint_every: int = field(
-        default=100,
-        metadata=_help("Save the final booster every N rounds as run artifacts (0: never)."),
+        default=50,
+        metadata=_help(
+            "Save the refitted booster every N boosting rounds as run artifacts (0: never)."
+        ),
     )
     parallel_candidates: int = field(
         default=1,

@@ -6,6 +6,14 @@ stack trace.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fraud_detection.outages import Outage
+
+# MLflow's error codes for "there is no such run, model, version or alias".
+_ABSENT_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+
 
 class PipelineError(Exception):
     """Base class of the errors a user can cause and fix."""
@@ -23,23 +31,19 @@ class PromotionConflictError(PipelineError):
     """Another writer moved a registry alias while this step was deciding."""
 
 
-class TrackingUnavailableError(PipelineError):
-    """The tracking server did not answer within the client's retry budget."""
+class OutageError(PipelineError):
+    """The tracking server, its database or its artifact store is unavailable (``outage``)."""
+
+    def __init__(self, outage: Outage, message: str | None = None) -> None:
+        super().__init__(message or outage.describe())
+        self.outage = outage
 
 
-def is_unreachable(error: BaseException) -> bool:
-    """Whether ``error`` (or what caused it) means the tracking server could not be reached.
+def is_absent(error: BaseException) -> bool:
+    """Whether an ``MlflowException`` says the thing asked for does not exist.
 
-    MLflow wraps the HTTP client's connection errors in MlflowException messages once its
-    retries are spent; both forms are recognised.
+    MLflow answers a missing run, model or version with RESOURCE_DOES_NOT_EXIST and a missing
+    alias with INVALID_PARAMETER_VALUE; an outage carries neither, so it is never read as
+    "absent".
     """
-    import requests
-
-    markers = ("Max retries exceeded", "Connection refused", "Failed to establish", "timed out")
-    while error is not None:
-        if isinstance(error, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-            return True
-        if any(marker in str(error) for marker in markers):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return getattr(error, "error_code", None) in _ABSENT_CODES

@@ -37,7 +37,7 @@ from fraud_detection.config import (
     SplitConfig,
 )
 from fraud_detection.data import require_both_classes
-from fraud_detection.errors import LineageError
+from fraud_detection.errors import LineageError, OutageError, is_absent
 from fraud_detection.metrics import (
     CARD_PRECISION_K,
     RANKING_METRICS,
@@ -48,6 +48,7 @@ from fraud_detection.metrics import (
 )
 from fraud_detection.model import DECISION_COLUMN, PROBABILITY_COLUMN, feature_importance
 from fraud_detection.model_card import ModelCard, to_html, to_markdown
+from fraud_detection.outages import diagnose
 from fraud_detection.schema import DAY_COLUMN
 from fraud_detection.tracking import find_step_run, pandas_dataset, step_run
 from fraud_detection.training import (
@@ -102,9 +103,13 @@ def train_run_configs(train_run: Run) -> tuple[DataConfig, SplitConfig]:
     """The data and split a train run used, from its ``data_recipe.json`` artifact."""
     try:
         recipe = mlflow.artifacts.load_dict(f"runs:/{train_run.info.run_id}/{DATA_RECIPE_ARTIFACT}")
-    except MlflowException as error:
+    except Exception as error:
+        if (outage := diagnose(error)) is not None:
+            # The store is down, not the lineage broken: say which, never blame the run.
+            raise OutageError(outage) from error
         raise LineageError(
-            f"train run {train_run.info.run_id} has no {DATA_RECIPE_ARTIFACT} ({error.message})"
+            f"train run {train_run.info.run_id} has no {DATA_RECIPE_ARTIFACT} "
+            f"({str(error).splitlines()[0][:300]})"
         ) from error
     # Pin the start the train step resolved, in case it was chosen from the data ("latest").
     recipe["train_start"] = train_run.data.params[RESOLVED_TRAIN_START_PARAM]
@@ -238,7 +243,9 @@ def _score_champion(model_name: str, features: pd.DataFrame) -> Champion | None:
     client = MlflowClient()
     try:
         version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-    except MlflowException:
+    except MlflowException as error:
+        if not is_absent(error):
+            raise  # an outage is not "no champion": the gate would skip the comparison
         mlflow.set_tag(CHAMPION_COMPARISON_TAG, "no champion")
         logger.info("No %s@%s yet: nothing to compare with", model_name, CHAMPION_ALIAS)
         return None
@@ -247,6 +254,8 @@ def _score_champion(model_name: str, features: pd.DataFrame) -> Champion | None:
         model = mlflow.pyfunc.load_model(f"models:/{model_name}/{number}")
         scored = _predict(model, features[list(model.model_config["features"])])
     except (MlflowException, KeyError) as error:
+        if (outage := diagnose(error)) is not None:
+            raise OutageError(outage) from error
         # The champion may expect features this data does not have: no comparison is possible,
         # and the gate fails on a missing comparison.
         problem = f"unavailable: {str(error)[:400]}"

@@ -28,8 +28,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fraud_detection.errors import LineageError
+from fraud_detection.errors import LineageError, OutageError
 from fraud_detection.model import predictions_columns
+from fraud_detection.outages import diagnose
 from fraud_detection.protocol import InputSchema
 from fraud_detection.tree_walk import SMALL_BATCH_ROWS, verified_walk
 
@@ -98,6 +99,8 @@ def load_served_model(
         try:
             model = mlflow.pyfunc.load_model(uri, dst_path=directory)
         except MlflowException as error:
+            if (outage := diagnose(error)) is not None:
+                raise OutageError(outage) from error
             raise LineageError(f"cannot load model {uri}: {error.message}") from error
         try:
             schema = InputSchema.from_signature(model.metadata.get_input_schema())
@@ -297,6 +300,8 @@ class ModelFollower:
             else:
                 version = self.client.get_model_version(target.name, target.version)
         except MlflowException as error:
+            if (outage := diagnose(error)) is not None:
+                raise OutageError(outage) from error
             raise LineageError(f"cannot resolve {self.model_uri}: {error.message}") from error
         return f"models:/{target.name}/{version.version}", str(version.version), version.run_id
 

@@ -14,19 +14,17 @@ registered candidate. ``@champion`` moves only when:
 ``--rollback --reason "..."`` moves ``@champion`` back to the version the current champion
 replaced (recorded on it when it was promoted) and records who, when and why.
 
-Every alias move is read back: if another writer moved it in between, the step fails loudly.
+Every action is all or nothing (``RegistryChange``): it runs under the promotion lock, writes
+its record (version tags, the run's tags and ``decision.json``) before any alias moves, moves
+the aliases last, and ends its run FINISHED while it still holds the lock. If any of these
+writes fails, what was written to the registry is undone and the run ends FAILED: the aliases
+point where they pointed before, and no version is left that a failed step created.
 """
 
 from __future__ import annotations
 
 import getpass
-import json
 import logging
-import os
-import socket
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -38,7 +36,7 @@ from mlflow.tracking import MlflowClient
 
 from fraud_detection.cli import flatten
 from fraud_detection.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, RegisterConfig
-from fraud_detection.errors import LineageError, PromotionConflictError
+from fraud_detection.errors import LineageError, is_absent
 from fraud_detection.evaluation import (
     CHAMPION_VERSION_TAG,
     GATE_REPORT_TAG,
@@ -47,7 +45,8 @@ from fraud_detection.evaluation import (
     TRAIN_RUN_TAG,
 )
 from fraud_detection.metrics import RANKING_METRICS
-from fraud_detection.tracking import find_step_run, step_run
+from fraud_detection.registry_change import RegistryChange, alias_version
+from fraud_detection.tracking import end_step_run, find_step_run, step_run
 from fraud_detection.training import DATA_FINGERPRINT_PARAM, MODEL_ID_TAG
 
 logger = logging.getLogger(__name__)
@@ -59,9 +58,6 @@ COMPARED_CHAMPION_TAG = "fraud.compared_champion"
 PREVIOUS_CHAMPION_TAG = "fraud.previous_champion"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 DECISION_ARTIFACT = "decision.json"
-
-LOCK_SUFFIX = "--promotion-lock"
-LOCK_STALE_SECONDS = 120
 
 PROMOTED = "promoted"
 NOT_PROMOTED = "not promoted"
@@ -112,16 +108,14 @@ def register(config: RegisterConfig) -> str:
     with step_run("register", config.tracking.experiment_name, flatten(config)) as run:
         client = MlflowClient()
         mlflow.set_tag("fraud.action", config.action)
-        if config.action == "rollback":
-            report = _rollback(client, config)
-        elif config.action == "approve":
-            report = _approve(client, config)
-        else:
-            report = _register(client, config)
+        action = {"rollback": _rollback, "approve": _approve, "register": _register}
+        with RegistryChange(client, config.model_name) as change:
+            report = action[config.action](client, config, change)
+            change.commit(lambda: end_step_run(run))
         return f"register run {run.info.run_id}: {report}"
 
 
-def _register(client: MlflowClient, config: RegisterConfig) -> str:
+def _register(client: MlflowClient, config: RegisterConfig, change: RegistryChange) -> str:
     evaluation = find_step_run(config.tracking.experiment_name, "evaluate", config.run_id)
     tags = evaluation.data.tags
     model_id, train_run_id = tags.get(MODEL_ID_TAG), tags.get(TRAIN_RUN_TAG)
@@ -130,11 +124,13 @@ def _register(client: MlflowClient, config: RegisterConfig) -> str:
     train_run = client.get_run(train_run_id)
     mlflow.set_tags({EVALUATE_RUN_TAG: evaluation.info.run_id, MODEL_ID_TAG: model_id})
 
-    _ensure_registered_model(client, config.model_name)
-    current = alias_version(client, config.model_name, CHAMPION_ALIAS)
+    name = config.model_name
+    change.ensure_registered_model()
+    current = alias_version(client, name, CHAMPION_ALIAS)
     compared = tags.get(CHAMPION_VERSION_TAG)
-    version = _existing_version(client, config.model_name, train_run_id, model_id)
-    if version is not None and current == str(version.version):
+    version = _existing_version(client, name, train_run_id, model_id)
+    already_champion = version is not None and current == str(version.version)
+    if already_champion:
         decision = Decision(PROMOTED, f"version {version.version} is already champion")
     else:
         decision = decide_promotion(
@@ -145,42 +141,28 @@ def _register(client: MlflowClient, config: RegisterConfig) -> str:
             config.require_approval,
         )
     version_tags = _version_tags(evaluation, train_run, decision, compared)
-    already_champion = version is not None and current == str(version.version)
     if decision.promote and current is not None and not already_champion:
         version_tags[PREVIOUS_CHAMPION_TAG] = current
     if version is None:
-        # Tags are part of the creation call: the version never exists without them.
-        version = mlflow.register_model(f"models:/{model_id}", config.model_name, tags=version_tags)
+        number = change.create_version(model_id, version_tags)
     else:
         logger.info("Model %s is already version %s: reusing it", model_id, version.version)
-        for key, value in version_tags.items():
-            client.set_model_version_tag(config.model_name, version.version, key, value)
-    number = str(version.version)
-    client.set_registered_model_alias(config.model_name, CHALLENGER_ALIAS, number)
+        number = str(version.version)
+        change.set_version_tags(version, version_tags)
+    _log_decision(decision, name, number, current)
+    change.move_alias(CHALLENGER_ALIAS, number)
     if decision.promote and current != number:
-        try:
-            move_alias(client, config.model_name, CHAMPION_ALIAS, number, expected_before=current)
-        except PromotionConflictError as error:
-            # The version stays a challenger, and says so: no tag may claim a promotion.
-            decision = Decision(NOT_PROMOTED, str(error))
-            client.set_model_version_tag(config.model_name, number, DECISION_TAG, decision.label)
-            client.set_model_version_tag(config.model_name, number, REASON_TAG, decision.reason)
-            if PREVIOUS_CHAMPION_TAG in version_tags:
-                client.delete_model_version_tag(config.model_name, number, PREVIOUS_CHAMPION_TAG)
-            _log_decision(decision, config.model_name, number, current)
-            raise
-    _log_decision(decision, config.model_name, number, current)
-    report = f"{config.model_name} version {number} {decision.label} ({decision.reason})"
+        change.move_alias(CHAMPION_ALIAS, number, expected_before=current)
+    report = f"{name} version {number} {decision.label} ({decision.reason})"
     if decision.label == AWAITING_APPROVAL:
         command = (
-            f"python register.py --model-name {config.model_name} --approve-version {number} "
-            f'--reason "<why>"'
+            f'python register.py --model-name {name} --approve-version {number} --reason "<why>"'
         )
         report += f". To promote it after review: {command}"
     return report
 
 
-def _approve(client: MlflowClient, config: RegisterConfig) -> str:
+def _approve(client: MlflowClient, config: RegisterConfig, change: RegistryChange) -> str:
     """Promote a version a reviewer approved, if its evaluation still holds."""
     name, number = config.model_name, config.approve_version
     version = _get_version(client, name, number)
@@ -198,39 +180,42 @@ def _approve(client: MlflowClient, config: RegisterConfig) -> str:
     if not decision.promote:
         raise LineageError(f"{name} version {number} cannot be approved: {decision.reason}")
     stamp = _who_when_why(config.reason or "approved")
-    # The alias first: if another promotion wins the race, no tag claims this one happened.
-    move_alias(client, name, CHAMPION_ALIAS, number, expected_before=current)
-    for key, value in {
-        **{f"fraud.approved_{k}": v for k, v in stamp.items()},
-        DECISION_TAG: PROMOTED,
-        REASON_TAG: f"approved by {stamp['by']}: {stamp['why']}",
-        **({PREVIOUS_CHAMPION_TAG: current} if current else {}),
-    }.items():
-        client.set_model_version_tag(name, number, key, value)
+    change.set_version_tags(
+        version,
+        {
+            **{f"fraud.approved_{key}": value for key, value in stamp.items()},
+            DECISION_TAG: PROMOTED,
+            REASON_TAG: f"approved by {stamp['by']}: {stamp['why']}",
+            **({PREVIOUS_CHAMPION_TAG: current} if current else {}),
+        },
+    )
     mlflow.set_tags({"fraud.version": number, DECISION_TAG: PROMOTED})
+    change.move_alias(CHAMPION_ALIAS, number, expected_before=current)
     return f"{name} version {number} approved by {stamp['by']} and promoted (was {current})"
 
 
-def _rollback(client: MlflowClient, config: RegisterConfig) -> str:
+def _rollback(client: MlflowClient, config: RegisterConfig, change: RegistryChange) -> str:
     """Move @champion back to the version the current champion replaced."""
     name = config.model_name
     current = alias_version(client, name, CHAMPION_ALIAS)
     if current is None:
         raise LineageError(f"{name} has no @{CHAMPION_ALIAS}: nothing to roll back")
-    previous = _get_version(client, name, current).tags.get(PREVIOUS_CHAMPION_TAG)
+    current_version = _get_version(client, name, current)
+    previous = current_version.tags.get(PREVIOUS_CHAMPION_TAG)
     if not previous:
         raise LineageError(
             f"{name} version {current} replaced no earlier champion: nothing to roll back to"
         )
-    _get_version(client, name, previous)  # it must still exist
+    previous_version = _get_version(client, name, previous)  # it must still exist
     stamp = _who_when_why(config.reason)
-    move_alias(client, name, CHAMPION_ALIAS, previous, expected_before=current)
-    for key, value in stamp.items():
-        client.set_model_version_tag(name, current, f"fraud.rolled_back_{key}", value)
-    client.set_model_version_tag(name, previous, "fraud.restored_at", stamp["at"])
+    change.set_version_tags(
+        current_version, {f"fraud.rolled_back_{key}": value for key, value in stamp.items()}
+    )
+    change.set_version_tags(previous_version, {"fraud.restored_at": stamp["at"]})
     mlflow.set_tags(
         {"fraud.version": previous, "fraud.rolled_back_from": current, "fraud.reason": stamp["why"]}
     )
+    change.move_alias(CHAMPION_ALIAS, previous, expected_before=current)
     return f"{name}@{CHAMPION_ALIAS} rolled back from version {current} to {previous}"
 
 
@@ -242,88 +227,12 @@ def _who_when_why(reason: str) -> dict[str, str]:
     }
 
 
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
-    try:
-        client.create_registered_model(name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-
-
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    """The version ``name@alias`` points at, as a string (None: no such alias)."""
-    try:
-        # Stores differ in whether versions come back as int or str; compare them as str.
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
-def move_alias(
-    client: MlflowClient, name: str, alias: str, version: str, expected_before: str | None
-) -> None:
-    """Point ``name@alias`` at ``version``, unless another writer moved it first.
-
-    The registry has no compare-and-set for aliases, so the move happens under a promotion lock
-    (see ``promotion_lock``): the alias is checked, moved and read back while no other process
-    of this template can move it. Of two racing promotions, exactly one wins; the other fails
-    with ``PromotionConflictError``.
-    """
-    with promotion_lock(client, name):
-        before = alias_version(client, name, alias)
-        if before != expected_before:
-            raise PromotionConflictError(
-                f"{name}@{alias} moved to version {before} (expected {expected_before}) while "
-                "this step was deciding; re-run evaluate and register"
-            )
-        client.set_registered_model_alias(name, alias, version)
-        after = alias_version(client, name, alias)
-        if after != version:
-            raise PromotionConflictError(
-                f"{name}@{alias} is version {after} right after this step set it to {version}: "
-                "a promotion outside this template ran at the same time"
-            )
-    logger.info("%s@%s -> version %s (was %s)", name, alias, version, before)
-
-
-@contextmanager
-def promotion_lock(client: MlflowClient, name: str) -> Iterator[None]:
-    """Hold the promotion lock of registered model ``name`` (on any tracking backend).
-
-    Creating a registered model is atomic in every MLflow store (its name is unique), so the
-    lock is a registered model named ``<name>--promotion-lock`` that exists while a promotion
-    is in progress. A lock older than ``LOCK_STALE_SECONDS`` (its holder died) is broken.
-    """
-    lock = f"{name}{LOCK_SUFFIX}"
-    holder = {"by": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid()}
-    for attempt in (1, 2):
-        try:
-            client.create_registered_model(
-                lock, description=json.dumps({**holder, "since": time.time()})
-            )
-            break
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            current = json.loads(client.get_registered_model(lock).description or "{}")
-            if attempt == 1 and time.time() - current.get("since", 0) > LOCK_STALE_SECONDS:
-                logger.warning("Breaking a stale promotion lock of %s held by %s", name, current)
-                client.delete_registered_model(lock)
-                continue
-            raise PromotionConflictError(
-                f"another promotion of {name} is in progress (held by {current.get('by')} on "
-                f"{current.get('host')}, pid {current.get('pid')}); re-run evaluate and register"
-            ) from error
-    try:
-        yield
-    finally:
-        client.delete_registered_model(lock)
-
-
 def _get_version(client: MlflowClient, name: str, number: str) -> ModelVersion:
     try:
         return client.get_model_version(name, number)
     except MlflowException as error:
+        if not is_absent(error):
+            raise
         raise LineageError(f"{name} version {number} not found ({error.message})") from error
 
 
@@ -359,6 +268,11 @@ def _version_tags(
 
 
 def _log_decision(decision: Decision, name: str, version: str, previous: str | None) -> None:
+    """The register run's record of the decision: tags and ``decision.json``.
+
+    Written before any alias moves: of all the writes, the artifact upload is the one most
+    likely to fail (it needs the artifact store too), and nothing must move before it has.
+    """
     mlflow.set_tags(
         {DECISION_TAG: decision.label, REASON_TAG: decision.reason[:5000], "fraud.version": version}
     )

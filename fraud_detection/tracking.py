@@ -40,17 +40,22 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from fraud_detection.config import DEFAULT_EXPERIMENT_NAME, ConfigError
 from fraud_detection.data import fingerprint
-from fraud_detection.errors import (
-    LineageError,
-    PipelineError,
-    TrackingUnavailableError,
-    is_unreachable,
+from fraud_detection.errors import LineageError, OutageError, PipelineError, is_absent
+from fraud_detection.outages import (
+    Outage,
+    call_with_store_retry,
+    diagnose,
+    quick_requests,
+    retry_while_stores_down,
 )
-from fraud_detection.recovery import remember_unfinished
+from fraud_detection.recovery import settle_failed_run
+from fraud_detection.spool import remember_unfinished
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT_ID = "0"
+FINISHED = RunStatus.to_string(RunStatus.FINISHED)
+FAILED = RunStatus.to_string(RunStatus.FAILED)
 STEP_TAG = "fraud.step"
 LAUNCHER_TAG = "fraud.launcher_run_id"
 CONTINUED_IN_TAG = "fraud.continued_in"
@@ -116,7 +121,11 @@ def step_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Open the run of a pipeline step and log its parameters; FAILED if the body raises.
 
-    Under ``mlflow run`` this is the launcher's run whenever it is in the right experiment.
+    Under ``mlflow run`` this is the launcher's run whenever it is in the right experiment. The
+    run ends FINISHED when the body returns, unless the body ended it itself
+    (``end_step_run``). When the body raises, the run ends FAILED with the reason in its
+    ``fraud.error`` tag; if the server cannot take that now, the run is noted for ``recovery``.
+    An outage is raised as ``OutageError``, whose one line names the part that failed.
     """
     launcher = _launcher_run()
     name = resolve_experiment_name(experiment_name, launcher)
@@ -127,98 +136,133 @@ def step_run(
         # the variable (MLflow only clears it when it resumes a run from it itself).
         os.environ.pop("MLFLOW_RUN_ID", None)
     if launcher is not None and launcher.info.experiment_id == experiment_id:
-        run = mlflow.start_run(
-            run_id=launcher.info.run_id, tags=tags, log_system_metrics=log_system_metrics
-        )
-    else:
-        if launcher is not None:
-            tags[LAUNCHER_TAG] = launcher.info.run_id
-            tags.update(
-                (key, value)
-                for key, value in launcher.data.tags.items()
-                if key.startswith(_LAUNCHER_TAG_PREFIXES) or key == "mlflow.parentRunId"
-            )
-            os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-        run = mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=f"{step}-{launcher.info.run_name}" if launcher else None,
+        run = call_with_store_retry(
+            mlflow.start_run,
+            run_id=launcher.info.run_id,
             tags=tags,
             log_system_metrics=log_system_metrics,
         )
-        if launcher is not None:
-            MlflowClient().set_tag(launcher.info.run_id, CONTINUED_IN_TAG, run.info.run_id)
-            logger.info(
-                "mlflow run put its run %s in the Default experiment; this %s step logs to "
-                "experiment %r as run %s (pass --experiment-name to mlflow run to avoid this)",
-                launcher.info.run_id,
-                step,
-                name,
-                run.info.run_id,
-            )
-    run_ids = [run.info.run_id] + ([launcher.info.run_id] if launcher else [])
+    else:
+        run = _start_run_beside_launcher(
+            step, name, experiment_id, tags, launcher, log_system_metrics
+        )
+    # The runs a failure must end: this step's, and the launcher's when it is another one
+    # (in Default: the `mlflow run` process ends it, unless the server is down by then).
+    run_ids = list(dict.fromkeys([run.info.run_id, *([launcher.info.run_id] if launcher else [])]))
     try:
-        log_params_once(run.info.run_id, params)
+        call_with_store_retry(log_params_once, run.info.run_id, params)
         logger.info("%s run %s in experiment %r", step, run.info.run_id, name)
         yield run
     except BaseException as error:
-        if isinstance(error, PipelineError) and not is_unreachable(error):
-            # The tag says why, in the same words the user sees on the console.
-            _try(mlflow.set_tag, ERROR_TAG, str(error)[:5000])
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-        _end_run(status, run_ids, error)
-        if is_unreachable(error) and not isinstance(error, TrackingUnavailableError):
-            raise _unavailable(run_ids, error) from error
-        raise
-    _end_run("FINISHED", run_ids)
+        raise _fail(run.info.run_id, run_ids, error) from error
+    if _is_active(run.info.run_id):
+        end_step_run(run)
 
 
-def _try(action: Callable[..., object], *args: object) -> None:
-    try:
-        action(*args)
-    except Exception as error:  # noqa: BLE001 - best effort on the way out; logged
-        logger.warning("Could not record the failure on the run: %s", error)
-
-
-def _end_run(status: str, run_ids: list[str], cause: BaseException | None = None) -> None:
-    """End the active run; if the server is gone, remember the run for ``recovery``.
-
-    When ``cause`` already shows the server unreachable (its whole retry budget spent), one
-    quick attempt is made instead of another full budget: the step fails in one budget, not two.
-    """
-    quick = cause is not None and is_unreachable(cause)
-    try:
-        with _quick_requests() if quick else contextlib.nullcontext():
-            mlflow.end_run(status)
-    except Exception as error:
-        if not is_unreachable(error):
-            raise
-        raise _unavailable(run_ids, cause or error) from error
-
-
-@contextmanager
-def _quick_requests() -> Iterator[None]:
-    """MLflow's HTTP requests in this block: no retry, a 5 s timeout (read on every request)."""
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-    saved = {name: os.environ.get(name) for name in quick}
-    os.environ.update(quick)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def _unavailable(run_ids: list[str], error: BaseException) -> TrackingUnavailableError:
-    reason = f"tracking server unreachable: {str(error).splitlines()[0][:300]}"
-    path = remember_unfinished(run_ids, reason)
-    return TrackingUnavailableError(
-        f"the tracking server {mlflow.get_tracking_uri()} did not answer ({reason}); "
-        f"run(s) {', '.join(run_ids)} will be marked FAILED by the next step that reaches it, "
-        f"or by `python -m fraud_detection.recovery` (noted in {path})"
+def _start_run_beside_launcher(
+    step: str,
+    experiment_name: str,
+    experiment_id: str,
+    tags: dict[str, str],
+    launcher: Run | None,
+    log_system_metrics: bool = False,
+) -> mlflow.ActiveRun:
+    """A new run of the step in its experiment; under `mlflow run`, the launcher's run (in
+    another experiment) points to it."""
+    if launcher is not None:
+        tags[LAUNCHER_TAG] = launcher.info.run_id
+        tags.update(
+            (key, value)
+            for key, value in launcher.data.tags.items()
+            if key.startswith(_LAUNCHER_TAG_PREFIXES) or key == "mlflow.parentRunId"
+        )
+        os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    run = call_with_store_retry(
+        mlflow.start_run,
+        experiment_id=experiment_id,
+        run_name=f"{step}-{launcher.info.run_name}" if launcher else None,
+        tags=tags,
+        log_system_metrics=log_system_metrics,
     )
+    if launcher is not None:
+        MlflowClient().set_tag(launcher.info.run_id, CONTINUED_IN_TAG, run.info.run_id)
+        logger.info(
+            "mlflow run put its run %s in the Default experiment; this %s step logs to "
+            "experiment %r as run %s (pass --experiment-name to mlflow run to avoid this)",
+            launcher.info.run_id,
+            step,
+            experiment_name,
+            run.info.run_id,
+        )
+    return run
+
+
+def _is_active(run_id: str) -> bool:
+    active = mlflow.active_run()
+    return active is not None and active.info.run_id == run_id
+
+
+def end_step_run(run: mlflow.ActiveRun) -> None:
+    """End the step's run FINISHED now, riding out a store outage (``call_with_store_retry``).
+
+    ``step_run`` does this when its block ends; a step whose last action must happen while
+    something is still held (a promotion under its lock) calls it itself.
+    """
+    run_id = run.info.run_id
+    if _is_active(run_id):
+        try:
+            mlflow.end_run(FINISHED)  # leaves MLflow's active-run stack, stops system metrics
+            return
+        except Exception as error:
+            if diagnose(error) is None:
+                raise
+            # MLflow left the run's stack before its request failed: retry by id below.
+    call_with_store_retry(MlflowClient().set_terminated, run_id, FINISHED)
+
+
+def _fail(run_id: str, run_ids: list[str], error: BaseException) -> BaseException:
+    """End the step's run after ``error``; return the exception the step raises.
+
+    An outage gets one quick attempt (no retries, short timeout) instead of another budget:
+    the step fails in one budget, not two. What cannot be written now is noted for recovery.
+    """
+    outage = diagnose(error)
+    reason = _reason(error, outage)
+    status = "KILLED" if isinstance(error, KeyboardInterrupt) else FAILED
+    noted = ""
+    with quick_requests() if outage is not None else contextlib.nullcontext():
+        try:
+            if _is_active(run_id):
+                try:
+                    mlflow.end_run(status)
+                except Exception as end_error:
+                    if diagnose(end_error) is None:
+                        raise
+            settle_failed_run(MlflowClient(), run_id, reason, status)
+        except Exception as settle_error:
+            if diagnose(settle_error) is None:
+                raise
+            path = remember_unfinished(run_ids, reason)
+            noted = (
+                f"; run(s) {', '.join(run_ids)} will be marked FAILED by the next step that "
+                f"reaches the server, or by `python -m fraud_detection.recovery` (noted in {path})"
+            )
+    if outage is not None:
+        return OutageError(outage, f"{reason}{noted}")
+    if noted:
+        logger.error("The tracking server could not record the failure%s", noted)
+    return error
+
+
+def _reason(error: BaseException, outage: Outage | None) -> str:
+    """The failure in one line, as the user reads it and as ``fraud.error`` keeps it."""
+    if outage is not None:
+        return str(error) if isinstance(error, OutageError) else outage.describe()
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (KeyboardInterrupt)"
+    if isinstance(error, PipelineError):
+        return str(error)
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
 
 
 def log_params_once(run_id: str, params: Mapping[str, Any]) -> None:
@@ -243,12 +287,17 @@ class LoggingLane:
     or the end of the ``with`` block, and the calls queued after it are dropped: against a
     server that is gone, each would wait its whole retry budget. When the block itself raises,
     queued calls are dropped and the one under way is waited for.
+
+    A call that fails because a store behind the server is down (not the server itself) is
+    repeated until the store is back or the store retry budget is spent
+    (``outages.retry_while_stores_down``): every call handed to the lane must be safe to repeat.
     """
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logging-lane")
         self._pending: list[Future] = []
         self._failed = threading.Event()
+        self._abandoned = threading.Event()  # the step failed: stop waiting out an outage
         self._scratch = contextlib.ExitStack()
 
     def __enter__(self) -> LoggingLane:
@@ -263,6 +312,8 @@ class LoggingLane:
         try:
             if exc_type is None:
                 self.drain()
+            else:
+                self._abandoned.set()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._scratch.close()
@@ -293,7 +344,7 @@ class LoggingLane:
         if self._failed.is_set():
             return  # dropped: an earlier call failed, and that failure is the one raised
         try:
-            call(*args)
+            retry_while_stores_down(lambda: call(*args), abandon=self._abandoned)
         except BaseException:
             self._failed.set()
             raise
@@ -368,7 +419,7 @@ def log_datasets(run_id: str, datasets: Mapping[str, PandasDataset]) -> None:
     try:
         client.log_inputs(run_id, datasets=inputs)
     except MlflowException as error:
-        if is_unreachable(error):
+        if diagnose(error) is not None:
             raise
         logger.debug("Logging the datasets again after %s", error)
         client.log_inputs(run_id, datasets=inputs)
@@ -381,6 +432,8 @@ def find_step_run(experiment_name: str, step: str, run_id: str = "") -> Run:
         try:
             run = client.get_run(run_id)
         except MlflowException as error:
+            if not is_absent(error):
+                raise
             raise LineageError(f"run {run_id!r} not found ({error.message})") from error
         actual = run.data.tags.get(STEP_TAG)
         if actual != step:

@@ -24,7 +24,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
@@ -50,7 +50,8 @@ from fraud_detection.model import (
     model_requirements,
     model_signature,
 )
-from fraud_detection.recovery import remember_unfinished
+from fraud_detection.outages import call_with_store_retry
+from fraud_detection.recovery import delete_failed_models
 from fraud_detection.schema import DAY_COLUMN
 from fraud_detection.split import TimeSplit, evaluation_rows, plan_split
 from fraud_detection.threshold import tune_threshold
@@ -169,7 +170,7 @@ def train(config: TrainConfig) -> str:
         with _autolog(config.model.tracking_mode == "autolog", lane):
             fitted = _run_candidates(specs, config, prepared.features, windows, run, lane)
         lane.drain()  # every child run on the server before asking it for the best
-        best_run = best_candidate_run(run.info.experiment_id, run_id)
+        best_run = call_with_store_retry(best_candidate_run, run.info.experiment_id, run_id)
         best = fitted[best_run.data.tags[CANDIDATE_TAG]]
         logger.info(
             "Best candidate on validation: %s (run %s)", best.spec.name, best_run.info.run_id
@@ -184,22 +185,23 @@ def train(config: TrainConfig) -> str:
             windows.validation[amount].to_numpy(),
             config.cost.review_cost,
         )
-        model_info = _log_model(final, choice.threshold, windows.validation, config)
+        model_info = _log_model_riding_outages(
+            run_id, final, choice.threshold, windows.validation, config
+        )
         validation_metrics = {
             f"validation_{name}": best_run.data.metrics[f"validation_{name}"]
             for name in RANKING_METRICS
             if f"validation_{name}" in best_run.data.metrics
         }
         validation_metrics["validation_expected_savings"] = choice.expected_savings
-        lane.submit(
-            _log_outcome,
-            run_id,
+        outcome = _outcome(
             model_info.model_id,
             validation_metrics,
             _data_metrics(prepared, windows, label),
             {"best_candidate": best.spec.name, "best_rounds": best.best_rounds},
             {MODEL_ID_TAG: model_info.model_id, BEST_CANDIDATE_RUN_TAG: best_run.info.run_id},
         )
+        lane.submit(_log_outcome, run_id, outcome)
         return (
             f"train run {run_id}: best of {len(specs)} candidates {best.spec.name}, "
             f"threshold {choice.threshold:.4f} (validation savings "
@@ -305,7 +307,7 @@ def _fit_in_turn_log_behind(
     return results
 
 
-@dataclass(frozen=True)
+@dataclass
 class _CandidateJob:
     """One candidate's fit and its child run; picklable, so it can run in another process."""
 
@@ -317,6 +319,7 @@ class _CandidateJob:
     experiment_id: str
     parent_run_id: str
     tracking_uri: str
+    child_run_id: str | None = None  # set once the child run exists (``log_child_run``)
 
     def run(self, in_process: bool = False) -> FittedCandidate:
         if not in_process:
@@ -363,41 +366,51 @@ class _CandidateJob:
     def log_child_run(
         self, fitted: FittedCandidate, metrics: dict[str, float], started: int, ended: int
     ) -> None:
-        """Record a finished fit as a child run, by run id (safe from any thread)."""
+        """Record a finished fit as a child run, by run id (safe from any thread).
+
+        Safe to repeat after a failure (the logging lane repeats it while a store is down):
+        the child run is created once, and its values carry fixed timestamps, which MLflow's
+        store does not record twice.
+        """
         client = MlflowClient()
-        # The tags mlflow.start_run would add too: user, source, git commit.
-        tags = resolve_tags({**self._tags, MLFLOW_PARENT_RUN_ID: self.parent_run_id})
-        child = client.create_run(
-            self.experiment_id, start_time=started, tags=tags, run_name=self.spec.name
-        )
-        try:
-            _log_candidate(child.info.run_id, fitted, metrics, include_fit_details=True)
-        except BaseException as error:
-            try:
-                client.set_terminated(child.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-            except Exception:  # noqa: BLE001 - the step's own failure is the one to report
-                remember_unfinished([child.info.run_id], f"candidate run cut short: {error}")
-            raise
-        client.set_terminated(child.info.run_id, end_time=ended)
+        if self.child_run_id is None:
+            # The tags mlflow.start_run would add too: user, source, git commit.
+            tags = resolve_tags({**self._tags, MLFLOW_PARENT_RUN_ID: self.parent_run_id})
+            child = client.create_run(
+                self.experiment_id, start_time=started, tags=tags, run_name=self.spec.name
+            )
+            self.child_run_id = child.info.run_id
+        values, params = _candidate_values(fitted, metrics, ended, include_fit_details=True)
+        _log_in_batches(self.child_run_id, values, params)
+        client.set_terminated(self.child_run_id, end_time=ended)
 
 
 def _log_candidate(
     run_id: str, fitted: FittedCandidate, metrics: dict[str, float], include_fit_details: bool
 ) -> None:
-    """Log a candidate's results in as few requests as possible (one per 1000 values).
+    """Log a candidate's results in as few requests as possible (one per 1000 values)."""
+    values, params = _candidate_values(
+        fitted, metrics, get_current_time_millis(), include_fit_details
+    )
+    _log_in_batches(run_id, values, params)
+
+
+def _candidate_values(
+    fitted: FittedCandidate, metrics: dict[str, float], timestamp: int, include_fit_details: bool
+) -> tuple[list[Metric], list[Param]]:
+    """A candidate's metrics and parameters.
 
     With autologging on, MLflow has already logged the hyperparameters and the per-round
     curves; the validation metrics the parent selects on are logged in both modes.
     """
-    now = get_current_time_millis()
-    values = [Metric(f"validation_{key}", value, now, 0) for key, value in metrics.items()]
+    values = [Metric(f"validation_{key}", value, timestamp, 0) for key, value in metrics.items()]
     params = [Param("model_kind", fitted.spec.kind)]
     if fitted.best_rounds is not None:
         params.append(Param("best_rounds", str(fitted.best_rounds)))
     if include_fit_details:
         params += [Param(key, str(value)) for key, value in fitted.params.items()]
-        values += _curve_metrics(fitted.curves, now)
-    _log_in_batches(run_id, values, params)
+        values += _curve_metrics(fitted.curves, timestamp)
+    return values, params
 
 
 def _log_in_batches(run_id: str, metrics: Sequence[Metric], params: Sequence[Param] = ()) -> None:
@@ -461,33 +474,35 @@ def _data_metrics(prepared: PreparedData, windows: Windows, label: str) -> dict[
     }
 
 
-def _log_outcome(
-    run_id: str,
+def _outcome(
     model_id: str,
     model_metrics: dict[str, float],
     data_metrics: dict[str, float],
     params: dict[str, object],
     tags: dict[str, str],
-) -> None:
-    """The train run's results, in one request once the model is logged.
+) -> dict[str, list]:
+    """The train run's results, as one ``log_batch`` (built once: repeating it is harmless).
 
     The data metrics come after the model on purpose: they describe the data, not the model,
     and ``log_model`` links every metric the run has at that time to the model (fetching each
     one's history to do so).
     """
     now = get_current_time_millis()
-    MlflowClient().log_batch(
-        run_id,
-        metrics=[
+    return {
+        "metrics": [
             *(
                 Metric(key, value, now, 0, model_id=model_id)
                 for key, value in model_metrics.items()
             ),
             *(Metric(key, float(value), now, 0) for key, value in data_metrics.items()),
         ],
-        params=[Param(key, str(value)) for key, value in params.items()],
-        tags=[RunTag(key, value) for key, value in tags.items()],
-    )
+        "params": [Param(key, str(value)) for key, value in params.items()],
+        "tags": [RunTag(key, value) for key, value in tags.items()],
+    }
+
+
+def _log_outcome(run_id: str, outcome: dict[str, list]) -> None:
+    MlflowClient().log_batch(run_id, **outcome)
 
 
 def _log_lineage(
@@ -525,6 +540,28 @@ def _log_lineage(
             for context, frame in frames.items()
         },
     )
+
+
+def _log_model_riding_outages(
+    run_id: str, scorer: Scorer, threshold: float, validation: pd.DataFrame, config: TrainConfig
+) -> ModelInfo:
+    """``_log_model``, repeated while a store is down; the attempts that failed are deleted.
+
+    An attempt cut off by an outage leaves a logged model that never became READY (and maybe
+    part of its files): once an attempt succeeds, those are removed (``delete_failed_models``).
+    """
+    attempts = 0
+
+    def attempt() -> ModelInfo:
+        nonlocal attempts
+        attempts += 1
+        return _log_model(scorer, threshold, validation, config)
+
+    info = call_with_store_retry(attempt)
+    if attempts > 1:
+        client = MlflowClient()
+        call_with_store_retry(delete_failed_models, client, client.get_run(run_id))
+    return info
 
 
 def _log_model(

@@ -12,9 +12,9 @@ from fraud_detection.registry import (
     NOT_PROMOTED,
     PROMOTED,
     decide_promotion,
-    move_alias,
     register,
 )
+from fraud_detection.registry_change import RegistryChange
 from tests.conftest import evaluate_and_register, latest_run, train_small
 
 MODEL = "fraud-detector"
@@ -146,29 +146,38 @@ def test_an_alias_moved_by_another_writer_is_detected(experiment):
     evaluate_and_register(train_small())
     evaluate_and_register(train_small(model_kinds="xgboost", n_estimators=1, max_depth=1))
     # This writer believes the champion is version 2; someone else has it at version 1.
-    with pytest.raises(PromotionConflictError, match="moved to version 1 \\(expected 2\\)"):
-        move_alias(client, MODEL, "champion", "2", expected_before="2")
+    with (
+        pytest.raises(PromotionConflictError, match="moved to version 1 \\(expected 2\\)"),
+        RegistryChange(client, MODEL) as change,
+    ):
+        change.move_alias("challenger", "1")
+        change.move_alias("champion", "2", expected_before="2")
+    # The change is undone whole: the challenger moved back too.
     assert _alias("champion") == "1"
+    assert _alias("challenger") == "2"
 
 
-def test_a_promotion_in_progress_elsewhere_is_reported(experiment, caplog):
+def test_a_promotion_in_progress_elsewhere_is_waited_for_then_reported(
+    experiment, caplog, monkeypatch
+):
+    from fraud_detection import registry_change
     from fraud_detection.config import EvaluateConfig
     from fraud_detection.evaluation import evaluate
-    from fraud_detection.registry import promotion_lock
+    from fraud_detection.registry_change import promotion_lock
     from tests.conftest import LENIENT_GATE
 
+    monkeypatch.setattr(registry_change, "LOCK_WAIT_SECONDS", 1.0)
     client = MlflowClient()
     evaluate(EvaluateConfig(run_id=train_small(), gate=LENIENT_GATE))
     with promotion_lock(client, MODEL):
         code = main_with_exit_code(RegisterConfig, register, [], "register")
     assert code == EXIT_FAILED
     assert "another promotion of fraud-detector is in progress" in caplog.text
-    # Registered as a challenger that says it was not promoted; the lock is gone again.
-    version = client.get_model_version(MODEL, "1")
-    assert version.tags["fraud.decision"] == NOT_PROMOTED
-    assert "fraud.previous_champion" not in version.tags
-    assert {alias for alias in client.get_registered_model(MODEL).aliases} == {"challenger"}
-    assert [m.name for m in client.search_registered_models()] == [MODEL]
+    # Nothing registered, no alias moved; the register run says why; the lock is gone again.
+    assert [m.name for m in client.search_registered_models()] == []
+    run = latest_run("register")
+    assert run.info.status == "FAILED"
+    assert "another promotion" in run.data.tags["fraud.error"]
     # The next attempt goes through.
     register(RegisterConfig())
     assert _alias("champion") == "1"

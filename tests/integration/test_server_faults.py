@@ -24,7 +24,7 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from fraud_detection.recovery import STATE_DIR_VARIABLE
+from fraud_detection.spool import STATE_DIR_VARIABLE
 from fraud_detection.tracking import log_datasets, pandas_dataset
 from tests.conftest import PROJECT_DIR
 from tests.helpers import free_port, mlflow_environment, run_command
