@@ -5,7 +5,7 @@ python evaluate.py --help
 
 from fraud_detection.cli import run
 from fraud_detection.config import EvaluateConfig
-from fraud_detection.evaluation import evaluate
+from fraud_detection.steps.evaluate import evaluate
 
 if __name__ == "__main__":
     run(EvaluateConfig, evaluate, description=__doc__)

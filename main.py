@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fraud_detection.cli import run
 from fraud_detection.config import PipelineConfig
-from fraud_detection.pipeline import run_pipeline
+from fraud_detection.steps.pipeline import run_pipeline
 
 if __name__ == "__main__":
     project_dir = Path(__file__).resolve().parent

@@ -5,7 +5,7 @@ python register.py --help
 
 from fraud_detection.cli import run
 from fraud_detection.config import RegisterConfig
-from fraud_detection.registry import register
+from fraud_detection.steps.register import register
 
 if __name__ == "__main__":
     run(RegisterConfig, register, description=__doc__)

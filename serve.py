@@ -10,9 +10,13 @@ follows the alias: when @champion moves, the new version is served within --poll
 
 import sys
 
-from fraud_detection.cli import Command, main_with_commands
-from fraud_detection.server import ApiConfig, serve_api
-from fraud_detection.serving import BatchConfig, score_batch
+from fraud_detection.cli import (
+    Command,
+    main_with_commands,
+)
+from fraud_detection.config import ApiConfig, BatchConfig
+from fraud_detection.serving.api import serve_api
+from fraud_detection.serving.batch import score_batch
 
 COMMANDS = {
     "batch": Command(BatchConfig, score_batch, "Score a CSV or Parquet file into another file."),

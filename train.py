@@ -5,7 +5,7 @@ python train.py --help
 
 from fraud_detection.cli import run
 from fraud_detection.config import TrainConfig
-from fraud_detection.training import train
+from fraud_detection.steps.train import train
 
 if __name__ == "__main__":
     run(TrainConfig, train, description=__doc__)

@@ -6,7 +6,7 @@ Runs, each against its own throwaway tracking store on this machine:
   (in-process, as ``python train.py ...`` runs them);
 - bad scoring requests to ``serve.py api`` and to ``mlflow models serve`` of one registered model;
 - faults: a real `mlflow server` killed mid-sweep and restarted; killed and left down (then
-  ``python -m fraud_detection.recovery`` once it is back); two ``register.py`` racing for
+  ``python -m fraud_detection.hardening.recovery`` once it is back); two ``register.py`` racing for
   @champion;
 
 then counts, in every store, the runs left RUNNING, the model versions left half-registered
@@ -104,9 +104,13 @@ class Report:
 
 
 def bad_data_and_parameters(report: Report, folder: Path) -> None:
-    from fraud_detection.cli import EXIT_BAD_PARAMETERS, EXIT_FAILED, main_with_exit_code
+    from fraud_detection.cli import (
+        EXIT_BAD_PARAMETERS,
+        EXIT_FAILED,
+        main_with_exit_code,
+    )
     from fraud_detection.config import TrainConfig
-    from fraud_detection.training import train
+    from fraud_detection.steps.train import train
     from tests.test_reliability import (
         BAD_DATA,
         BAD_STEP_PARAMETERS,
@@ -168,8 +172,11 @@ def _errors_seen() -> Iterator[list[str]]:
 def bad_requests(report: Report, folder: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from fraud_detection.features import FEATURE_COLUMNS, add_features
-    from tests.conftest import evaluate_and_register, tiny_simulation, train_small
+    from fraud_detection.data.features import (
+        FEATURE_COLUMNS,
+        add_features,
+    )
+    from tests.support.pipeline import evaluate_and_register, tiny_simulation, train_small
     from tests.test_server_process import (
         SECRET,
         _mlflow_models_serve,
@@ -217,8 +224,8 @@ def bad_requests(report: Report, folder: Path) -> None:
 def server_faults(report: Report, folder: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tests.helpers import mlflow_environment, run_command
-    from tests.integration.services import dev_server
+    from tests.support.processes import mlflow_environment, run_command
+    from tests.support.services import dev_server
     from tests.integration.test_server_faults import (
         STATE_DIR_VARIABLE,
         all_runs,
@@ -254,7 +261,7 @@ def server_faults(report: Report, folder: Path) -> None:
         report.figures["seconds_to_fail_with_the_server_down"] = round(time.monotonic() - killed, 1)
     with dev_server(down, port) as restarted:
         env = mlflow_environment(restarted.url, **{STATE_DIR_VARIABLE: str(down / "state")})
-        recovery = run_command([sys.executable, "-m", "fraud_detection.recovery"], env)
+        recovery = run_command([sys.executable, "-m", "fraud_detection.hardening.recovery"], env)
         report.add("faults_survived_or_failed_cleanly", code != 0 and recovery.returncode == 0)
         report.audit_store(restarted.url)
 
@@ -262,8 +269,8 @@ def server_faults(report: Report, folder: Path) -> None:
     race = folder / "race"
     with tracking_store(race) as uri:
         from fraud_detection.config import EvaluateConfig
-        from fraud_detection.evaluation import evaluate
-        from tests.conftest import LENIENT_GATE, latest_run, train_small
+        from fraud_detection.steps.evaluate import evaluate
+        from tests.support.pipeline import LENIENT_GATE, latest_run, train_small
 
         evaluations = []
         for _ in range(2):

@@ -194,7 +194,10 @@ def serve_empty_endpoint(port: int) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from fraud_detection.server import listening_socket, run_uvicorn
+    from fraud_detection.serving.api import (
+        listening_socket,
+        run_uvicorn,
+    )
 
     async def empty(request: Request) -> Response:
         await request.body()
@@ -245,8 +248,12 @@ def floors(model_directory: str, predict: Callable, rows: pd.DataFrame) -> dict[
 
 
 def batch(model, model_uri: str, rows: int, chunk_rows: int) -> dict[str, float]:
-    from fraud_detection.serving import STAGES, BatchConfig, score_file
-    from fraud_detection.simulator import SimulatorConfig, simulate_transactions
+    from fraud_detection.config import BatchConfig, SimulatorConfig
+    from fraud_detection.data.simulator import simulate_transactions
+    from fraud_detection.serving.batch import (
+        STAGES,
+        score_file,
+    )
 
     # The default population makes about 9,700 transactions a day: simulate a little more and
     # keep the first ``rows`` (the table is in time order, as batch scoring wants it).
@@ -277,8 +284,9 @@ def batch(model, model_uri: str, rows: int, chunk_rows: int) -> dict[str, float]
 
 def payloads(features: tuple[str, ...]) -> pd.DataFrame:
     """Real feature rows: simulated transactions featured by the training code."""
-    from fraud_detection.features import add_features
-    from fraud_detection.simulator import SimulatorConfig, simulate_transactions
+    from fraud_detection.config import SimulatorConfig
+    from fraud_detection.data.features import add_features
+    from fraud_detection.data.simulator import simulate_transactions
 
     table = simulate_transactions(SimulatorConfig(n_customers=500, n_terminals=1_000, n_days=60))
     featured = add_features(table)[list(features)]
@@ -368,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.version import VERSION
 
     from fraud_detection.errors import PipelineError
-    from fraud_detection.follower import ModelFollower
+    from fraud_detection.serving.follower import ModelFollower
 
     print(
         f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, MLflow {VERSION}, "

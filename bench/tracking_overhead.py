@@ -4,7 +4,7 @@ same training with tracking off.
 "Tracking off" runs the very package functions the train step runs, in the same order
 (prepare data, fit every candidate on the validation split, rank them, refit the winner with
 checkpoints, tune the threshold, save the model), without a single MLflow call. "Tracking on"
-is ``fraud_detection.training.train`` itself, logging everything (nested runs, curves, datasets,
+is ``fraud_detection.steps.train.train`` itself, logging everything (nested runs, curves, datasets,
 system metrics, checkpoints, the model) to an `mlflow server` started here on 127.0.0.1 with
 one worker and a SQLite backend (deploy/dev-server.sh, started as the integration tests start
 it: run from a checkout installed with the dev extra). The two alternate, so that a machine
@@ -31,10 +31,26 @@ import mlflow
 import numpy as np
 import psutil
 
-from fraud_detection.config import DataConfig, ModelConfig, SplitConfig, TrainConfig
-from fraud_detection.model import Scorer, candidate_specs, fit_candidate
-from fraud_detection.threshold import tune_threshold
-from fraud_detection.training import prepare_data, train, training_windows, window_metrics
+from fraud_detection.config import (
+    DataConfig,
+    ModelConfig,
+    SplitConfig,
+    TrainConfig,
+)
+from fraud_detection.data.windows import (
+    prepare_data,
+    training_windows,
+)
+from fraud_detection.modelling.estimators import (
+    Scorer,
+    candidate_specs,
+    fit_candidate,
+)
+from fraud_detection.modelling.threshold import tune_threshold
+from fraud_detection.steps.train import (
+    train,
+    window_metrics,
+)
 
 logger = logging.getLogger("bench.tracking_overhead")
 
@@ -123,7 +139,7 @@ def main() -> None:
     # The integration tests' server: deploy/dev-server.sh on a free loopback port, its store
     # in the scratch folder, stopped through its process group.
     sys.path.insert(0, str(PROJECT_DIR))
-    from tests.integration.services import dev_server
+    from tests.support.services import dev_server
 
     with tempfile.TemporaryDirectory() as scratch, dev_server(Path(scratch)) as tracking:
         url, server = tracking.url, psutil.Process(tracking.process.process.pid)

@@ -24,7 +24,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from tests.helpers import (  # noqa: E402 (the project root is not on sys.path by default)
+from tests.support.processes import (  # noqa: E402 (the project root is not on sys.path by default)
     background_process,
     basic_auth,
     free_port,

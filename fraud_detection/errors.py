@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from fraud_detection.outages import Outage
+    from fraud_detection.hardening.outages import Outage
 
 # MLflow's error codes for "there is no such run, model, version or alias".
 _ABSENT_CODES = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")

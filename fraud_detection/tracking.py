@@ -16,50 +16,43 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
-import threading
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from functools import cached_property
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import mlflow
-import pandas as pd
-from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.pandas_dataset import PandasDataset
-from mlflow.entities import Dataset, DatasetInput, InputTag, Run, RunStatus
+from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
-from mlflow.types.utils import _infer_schema
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from fraud_detection import contract
 from fraud_detection.config import DEFAULT_EXPERIMENT_NAME, ConfigError
-from fraud_detection.data import fingerprint
+from fraud_detection.contract import Step
 from fraud_detection.errors import LineageError, OutageError, PipelineError, is_absent
-from fraud_detection.outages import (
+from fraud_detection.hardening.outages import (
     Outage,
     call_with_store_retry,
     diagnose,
     quick_requests,
-    retry_while_stores_down,
 )
-from fraud_detection.recovery import settle_failed_run
-from fraud_detection.spool import remember_unfinished
+from fraud_detection.hardening.recovery import settle_failed_run
+from fraud_detection.hardening.spool import remember_unfinished
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT_ID = "0"
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
-STEP_TAG = "fraud.step"
-LAUNCHER_TAG = "fraud.launcher_run_id"
-CONTINUED_IN_TAG = "fraud.continued_in"
-ERROR_TAG = "fraud.error"
+# MLflow 3's UI opens an experiment without a kind on its GenAI traces view; this kind opens it
+# on its training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_DESCRIPTION = (
+    "Credit-card fraud detection (the fraud-detection MLflow Project template): each `pipeline` "
+    "run holds its `train` (with one child run per candidate of the sweep), `evaluate` and "
+    "`register` runs. The registered model's @champion alias is the version that serves."
+)
+# What each step's run is called in the UI.
+RUN_NAMES = {Step.MAIN: "pipeline"}
 # Tags the launcher sets that describe the code of the run; copied when a step leaves it.
 _LAUNCHER_TAG_PREFIXES = ("mlflow.source.", "mlflow.project.", "mlflow.gitRepoURL", "mlflow.user")
 
@@ -74,9 +67,14 @@ def get_or_create_experiment(name: str) -> str:
                 f"experiment {name!r} is deleted; restore it (mlflow experiments restore) "
                 "or choose another experiment_name"
             )
+        if not set(EXPERIMENT_KIND) <= set(experiment.tags):  # made by `mlflow run`, say
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name)
+        return client.create_experiment(
+            name, tags={**EXPERIMENT_KIND, "mlflow.note.content": EXPERIMENT_DESCRIPTION}
+        )
     except MlflowException as error:
         # Another process created it between our lookup and our create: use theirs.
         experiment = client.get_experiment_by_name(name)
@@ -114,7 +112,7 @@ def resolve_experiment_name(requested: str, launcher: Run | None) -> str:
 
 @contextmanager
 def step_run(
-    step: str,
+    step: Step,
     experiment_name: str,
     params: Mapping[str, Any],
     log_system_metrics: bool = False,
@@ -130,7 +128,8 @@ def step_run(
     launcher = _launcher_run()
     name = resolve_experiment_name(experiment_name, launcher)
     experiment_id = get_or_create_experiment(name)
-    tags = {STEP_TAG: step}
+    tags = contract.step_tags(step)
+    run_name = RUN_NAMES.get(step, step.value)
     if launcher is not None:
         # Once this step has its run, nested runs must not resume the launcher's run through
         # the variable (MLflow only clears it when it resumes a run from it itself).
@@ -139,12 +138,13 @@ def step_run(
         run = call_with_store_retry(
             mlflow.start_run,
             run_id=launcher.info.run_id,
+            run_name=run_name,
             tags=tags,
             log_system_metrics=log_system_metrics,
         )
     else:
         run = _start_run_beside_launcher(
-            step, name, experiment_id, tags, launcher, log_system_metrics
+            run_name, name, experiment_id, tags, launcher, log_system_metrics
         )
     # The runs a failure must end: this step's, and the launcher's when it is another one
     # (in Default: the `mlflow run` process ends it, unless the server is down by then).
@@ -160,7 +160,7 @@ def step_run(
 
 
 def _start_run_beside_launcher(
-    step: str,
+    run_name: str,
     experiment_name: str,
     experiment_id: str,
     tags: dict[str, str],
@@ -170,7 +170,7 @@ def _start_run_beside_launcher(
     """A new run of the step in its experiment; under `mlflow run`, the launcher's run (in
     another experiment) points to it."""
     if launcher is not None:
-        tags[LAUNCHER_TAG] = launcher.info.run_id
+        tags[contract.LAUNCHER_TAG] = launcher.info.run_id
         tags.update(
             (key, value)
             for key, value in launcher.data.tags.items()
@@ -180,21 +180,37 @@ def _start_run_beside_launcher(
     run = call_with_store_retry(
         mlflow.start_run,
         experiment_id=experiment_id,
-        run_name=f"{step}-{launcher.info.run_name}" if launcher else None,
+        run_name=run_name,
         tags=tags,
         log_system_metrics=log_system_metrics,
     )
     if launcher is not None:
-        MlflowClient().set_tag(launcher.info.run_id, CONTINUED_IN_TAG, run.info.run_id)
-        logger.info(
-            "mlflow run put its run %s in the Default experiment; this %s step logs to "
-            "experiment %r as run %s (pass --experiment-name to mlflow run to avoid this)",
-            launcher.info.run_id,
-            step,
-            experiment_name,
-            run.info.run_id,
-        )
+        _point_launcher_to(launcher, run, experiment_name)
     return run
+
+
+def _point_launcher_to(launcher: Run, run: mlflow.ActiveRun, experiment_name: str) -> None:
+    """Make the launcher's run in Default say where the step's run is (MLflow cannot move it)."""
+    MlflowClient().log_batch(
+        launcher.info.run_id,
+        tags=[
+            RunTag(contract.CONTINUED_IN_TAG, run.info.run_id),
+            RunTag("mlflow.runName", f"launcher (see {experiment_name})"),
+            RunTag(
+                "mlflow.note.content",
+                f"`mlflow run` was given no experiment, so it put this run in Default. The "
+                f"{run.info.run_name} run it launched is {run.info.run_id} in experiment "
+                f"{experiment_name!r}. Pass --experiment-name to `mlflow run` to avoid this.",
+            ),
+        ],
+    )
+    logger.info(
+        "mlflow run put its run %s in the Default experiment; this step logs to experiment %r "
+        "as run %s (pass --experiment-name to mlflow run to avoid this)",
+        launcher.info.run_id,
+        experiment_name,
+        run.info.run_id,
+    )
 
 
 def _is_active(run_id: str) -> bool:
@@ -245,7 +261,8 @@ def _fail(run_id: str, run_ids: list[str], error: BaseException) -> BaseExceptio
             path = remember_unfinished(run_ids, reason)
             noted = (
                 f"; run(s) {', '.join(run_ids)} will be marked FAILED by the next step that "
-                f"reaches the server, or by `python -m fraud_detection.recovery` (noted in {path})"
+                "reaches the server, or by `python -m fraud_detection.hardening.recovery` "
+                f"(noted in {path})"
             )
     if outage is not None:
         return OutageError(outage, f"{reason}{noted}")
@@ -274,158 +291,7 @@ def log_params_once(run_id: str, params: Mapping[str, Any]) -> None:
         mlflow.log_params(missing, run_id=run_id)
 
 
-class LoggingLane:
-    """Logging calls sent one after another from a background thread, off the critical path.
-
-    A step hands the lane what it can log while it goes on computing (datasets, finished child
-    runs, checkpoints, curves) and waits for it only where it must read back what was logged.
-    MLflow's own asynchronous logging (``synchronous=False``) queues ``log_batch`` calls only;
-    creating runs, datasets and artifacts stay blocking there, hence this lane.
-
-    Calls must name their run (``MlflowClient`` with a run id): MLflow's active run is per
-    thread. The first failure is raised on the caller's thread by the next ``check``, ``drain``
-    or the end of the ``with`` block, and the calls queued after it are dropped: against a
-    server that is gone, each would wait its whole retry budget. When the block itself raises,
-    queued calls are dropped and the one under way is waited for.
-
-    A call that fails because a store behind the server is down (not the server itself) is
-    repeated until the store is back or the store retry budget is spent
-    (``outages.retry_while_stores_down``): every call handed to the lane must be safe to repeat.
-    """
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="logging-lane")
-        self._pending: list[Future] = []
-        self._failed = threading.Event()
-        self._abandoned = threading.Event()  # the step failed: stop waiting out an outage
-        self._scratch = contextlib.ExitStack()
-
-    def __enter__(self) -> LoggingLane:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        try:
-            if exc_type is None:
-                self.drain()
-            else:
-                self._abandoned.set()
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._scratch.close()
-
-    def submit(self, call: Callable[..., object], *args: object) -> None:
-        """Queue ``call(*args)``; first raise any failure of the calls already finished."""
-        self.check()
-        self._pending.append(self._pool.submit(self._call, call, args))
-
-    def check(self) -> None:
-        """Raise the first failure among the calls finished so far."""
-        for future in self._pending:
-            if not future.done():  # one worker: the finished calls come first
-                return
-            future.result()
-
-    def drain(self) -> None:
-        """Wait until every queued call is done; raise the first failure."""
-        for future in self._pending:
-            future.result()
-        self._pending.clear()
-
-    def scratch_dir(self) -> Path:
-        """A temporary folder that lives as long as the lane: for files a queued call uploads."""
-        return Path(self._scratch.enter_context(tempfile.TemporaryDirectory()))
-
-    def _call(self, call: Callable[..., object], args: tuple[object, ...]) -> None:
-        if self._failed.is_set():
-            return  # dropped: an earlier call failed, and that failure is the one raised
-        try:
-            retry_while_stores_down(lambda: call(*args), abandon=self._abandoned)
-        except BaseException:
-            self._failed.set()
-            raise
-
-
-class FastSchemaPandasDataset(PandasDataset):
-    """``PandasDataset`` whose schema is inferred in vectorised form: the same schema, sooner.
-
-    MLflow 3.17 decides whether each column is required by testing every value in Python: 3.5 s
-    for the default training and validation frames, more than all the rest of the train step's
-    tracking put together (``bench/tracking_overhead.py``). Here the types come from a sample
-    (MLflow's own inference) and "required" from one vectorised ``isna`` over the whole frame.
-    """
-
-    _TYPE_SAMPLE_ROWS = 1_000
-
-    @cached_property
-    def schema(self) -> Schema | None:
-        try:
-            sampled = _infer_schema(self.df.head(self._TYPE_SAMPLE_ROWS))
-        except Exception:  # as PandasDataset: no schema rather than no dataset
-            logger.debug("Could not infer the schema of dataset %s", self.name, exc_info=True)
-            return None
-        if not sampled.has_input_names():
-            return sampled
-        has_missing = self.df.isna().any()
-        return Schema(
-            [
-                ColSpec(spec.type, spec.name, required=not bool(has_missing[spec.name]))
-                for spec in sampled.inputs
-            ]
-        )
-
-
-def pandas_dataset(
-    frame: pd.DataFrame, source: str, name: str, label: str, predictions: str | None = None
-) -> PandasDataset:
-    """An MLflow dataset for ``frame`` whose digest is our content fingerprint of it.
-
-    File sources resolve to MLflow's own source types (local, s3, http...); simulated data is
-    described by its generator parameters.
-    """
-    if source.startswith("simulator:"):
-        settings = dict(item.split("=", 1) for item in source.removeprefix("simulator:").split(","))
-        dataset_source = CodeDatasetSource({"generator": "fraud_detection.simulator", **settings})
-    else:
-        dataset_source = resolve_dataset_source(source)
-    return FastSchemaPandasDataset(
-        df=frame,
-        source=dataset_source,
-        targets=label,
-        name=name,
-        digest=fingerprint(frame),
-        predictions=predictions,
-    )
-
-
-def log_datasets(run_id: str, datasets: Mapping[str, PandasDataset]) -> None:
-    """Record ``datasets`` (by context: training, validation...) as inputs of run ``run_id``.
-
-    MLflow's SQL store looks for an existing row of each dataset and then inserts the missing
-    ones, so trainings that log the same data at the same moment can collide on the datasets
-    table's unique key, and the server refuses the loser's request (seen with three trainings
-    started together: ``tests/integration/test_server_faults.py``). By then the winner's row is
-    committed; asked again, the store finds it and links it to this run.
-    """
-    inputs = [
-        DatasetInput(Dataset(**dataset.to_dict()), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-        for context, dataset in datasets.items()
-    ]
-    client = MlflowClient()
-    try:
-        client.log_inputs(run_id, datasets=inputs)
-    except MlflowException as error:
-        if diagnose(error) is not None:
-            raise
-        logger.debug("Logging the datasets again after %s", error)
-        client.log_inputs(run_id, datasets=inputs)
-
-
-def find_step_run(experiment_name: str, step: str, run_id: str = "") -> Run:
+def find_step_run(experiment_name: str, step: Step, run_id: str = "") -> Run:
     """Return run ``run_id`` (checked to be a finished ``step`` run) or the latest such run."""
     client = MlflowClient()
     if run_id:
@@ -435,13 +301,13 @@ def find_step_run(experiment_name: str, step: str, run_id: str = "") -> Run:
             if not is_absent(error):
                 raise
             raise LineageError(f"run {run_id!r} not found ({error.message})") from error
-        actual = run.data.tags.get(STEP_TAG)
+        actual = contract.step_of(run)
         if actual != step:
             raise LineageError(
-                f"run {run_id} is a {actual or 'non-pipeline'} run, not a {step} run"
+                f"run {run_id} is a {actual or 'non-pipeline'} run, not a {step.value} run"
             )
         if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
-            raise LineageError(f"{step} run {run_id} is {run.info.status}, not FINISHED")
+            raise LineageError(f"{step.value} run {run_id} is {run.info.status}, not FINISHED")
         return run
     launcher = _launcher_run()
     name = resolve_experiment_name(experiment_name, launcher)
@@ -449,7 +315,7 @@ def find_step_run(experiment_name: str, step: str, run_id: str = "") -> Run:
     runs = (
         client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'",
+            filter_string=f"{contract.step_filter(step)} and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -458,7 +324,7 @@ def find_step_run(experiment_name: str, step: str, run_id: str = "") -> Run:
     )
     if not runs:
         raise LineageError(
-            f"no finished {step} run in experiment {name!r}; run the {step} step first "
-            f"or pass --run-id"
+            f"no finished {step.value} run in experiment {name!r}; run the {step.value} step "
+            "first or pass --run-id"
         )
     return runs[0]

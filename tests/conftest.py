@@ -1,30 +1,45 @@
-"""Shared fixtures: a private MLflow tracking store per test, and small simulated data.
+"""Fixtures only (helpers live in ``tests/support``).
 
-Every test that touches MLflow gets its own SQLite store and artifact folder under tmp_path
-(copied from a store migrated once per session: creating one costs about a second), so tests
-never share runs, models or aliases. A test that leaves a run open fails.
+Every test gets its own SQLite tracking store and artifact folder under tmp_path, copied from a
+store migrated once per session (creating one costs about a second): tests never share runs,
+models or aliases, and none writes to ``./mlflow.db``. A test that sets up tracking itself (a
+server, a launcher's store) opts out with ``@pytest.mark.no_tracking_store``. A test that leaves
+a run open fails. The spool of repairs (``hardening.spool``) is private to each test too.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
-from fraud_detection.config import DataConfig, GateConfig, ModelConfig, SplitConfig
-from fraud_detection.simulator import SimulatorConfig, simulate_transactions
+from fraud_detection.config import SplitConfig
+from fraud_detection.data.simulator import simulate_transactions
+from fraud_detection.hardening.spool import STATE_DIR_VARIABLE
+from tests.support.pipeline import (
+    EXPERIMENT,
+    MODEL_NAME,
+    SECOND_MODEL_CHANGES,
+    SMALL_DATA,
+    TwoVersionStore,
+    evaluate_and_register,
+    train_small,
+)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+LAUNCHER_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
 
-# Small enough for seconds, large enough that every window has both classes.
-SMALL_DATA = DataConfig(n_customers=500, n_terminals=1_000, n_days=60, seed=1)
-FAST_MODEL = ModelConfig(grid="none", n_estimators=60, checkpoint_every=20, n_jobs=1)
-LENIENT_GATE = GateConfig(min_roc_auc=0.5, min_average_precision=0.01)
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_traffic_beyond_loopback() -> None:
+    """MLflow 3 reports usage to its telemetry host; these tests talk to 127.0.0.1 only (the
+    variables reach every process the tests start)."""
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["DO_NOT_TRACK"] = "true"
 
 
 @pytest.fixture(scope="session")
@@ -36,17 +51,25 @@ def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def tracking_uri(
-    tmp_path: Path, migrated_store: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    """Point MLflow (this process and its children) at a fresh store under tmp_path."""
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    migrated_store: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[str | None]:
+    """Point MLflow (this process and its children) at a fresh store under tmp_path, and the
+    spool of repairs at a folder of the test's own."""
+    monkeypatch.setenv(STATE_DIR_VARIABLE, str(tmp_path / "state"))
+    if request.node.get_closest_marker("no_tracking_store"):
+        yield None
+        return
     store = tmp_path / "mlflow.db"
     shutil.copy(migrated_store, store)
     uri = f"sqlite:///{store}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+    for name in LAUNCHER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     mlflow.set_tracking_uri(uri)
     yield uri
@@ -57,7 +80,7 @@ def tracking_uri(
 def experiment(tracking_uri: str, tmp_path: Path) -> str:
     """The pipeline's default experiment, created with its artifacts under tmp_path."""
     return mlflow.MlflowClient().create_experiment(
-        "fraud-detection", artifact_location=(tmp_path / "artifacts").as_uri()
+        EXPERIMENT, artifact_location=(tmp_path / "artifacts").as_uri()
     )
 
 
@@ -81,65 +104,6 @@ def small_split() -> SplitConfig:
     return SplitConfig()
 
 
-def tiny_simulation(seed: int = 0, n_days: int = 20) -> pd.DataFrame:
-    return simulate_transactions(
-        SimulatorConfig(n_customers=100, n_terminals=200, n_days=n_days, seed=seed)
-    )
-
-
-def latest_run(step: str, experiment_name: str = "fraud-detection"):
-    """The most recently started run of a pipeline step."""
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(experiment_name)
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`fraud.step` = '{step}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0]
-
-
-def train_small(**model_changes) -> str:
-    """Run the train step on SMALL_DATA with FAST_MODEL (+ changes); return its run id."""
-    from dataclasses import replace
-
-    from fraud_detection.config import TrainConfig
-    from fraud_detection.training import train
-
-    train(TrainConfig(data=SMALL_DATA, model=replace(FAST_MODEL, **model_changes)))
-    return latest_run("train").info.run_id
-
-
-def evaluate_and_register(
-    train_run_id: str, gate: GateConfig = LENIENT_GATE, **register_options
-) -> tuple[str, str]:
-    """Evaluate a train run and register the result; return (evaluate, register) run ids."""
-    from fraud_detection.config import EvaluateConfig, RegisterConfig
-    from fraud_detection.evaluation import evaluate
-    from fraud_detection.registry import register
-
-    evaluate(EvaluateConfig(run_id=train_run_id, gate=gate))
-    evaluate_run_id = latest_run("evaluate").info.run_id
-    register(RegisterConfig(run_id=evaluate_run_id, **register_options))
-    return evaluate_run_id, latest_run("register").info.run_id
-
-
-# --- a registry with two model versions, for the serving tests --------------------------------
-
-MODEL_NAME = "fraud-detector"
-# A second, different model (fewer rounds, XGBoost only): its scores differ from version 1's, so
-# a test can tell which version answered.
-SECOND_MODEL_CHANGES = {"model_kinds": "xgboost", "n_estimators": 15, "max_depth": 3}
-
-
-@dataclass(frozen=True)
-class TwoVersionStore:
-    """A tracking store where version 1 is @champion and version 2 is @challenger."""
-
-    database: Path  # the SQLite file to copy; artifacts stay where they are (read only)
-
-
 @pytest.fixture(scope="session")
 def two_version_store(
     tmp_path_factory: pytest.TempPathFactory, migrated_store: Path
@@ -152,14 +116,12 @@ def two_version_store(
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        for name in LAUNCHER_VARIABLES:
             patch.delenv(name, raising=False)
         mlflow.set_tracking_uri(uri)
         try:
             client = mlflow.MlflowClient()
-            client.create_experiment(
-                "fraud-detection", artifact_location=(root / "artifacts").as_uri()
-            )
+            client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
             for changes in ({}, SECOND_MODEL_CHANGES):
                 evaluate_and_register(train_small(**changes))
             client.set_registered_model_alias(MODEL_NAME, "champion", "1")

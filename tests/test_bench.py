@@ -7,7 +7,7 @@ import sys
 import mlflow
 import pytest
 
-from tests.conftest import PROJECT_DIR
+from tests.support import PROJECT_DIR
 
 SCRIPT = PROJECT_DIR / "bench" / "reproduce_handbook.py"
 TINY = ["--n-customers", "300", "--n-terminals", "600", "--n-folds", "1", "--n-jobs", "1"]

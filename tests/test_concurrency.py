@@ -14,8 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fraud_detection.config import EvaluateConfig
-from fraud_detection.evaluation import evaluate
-from tests.conftest import LENIENT_GATE, PROJECT_DIR, SMALL_DATA, latest_run, train_small
+from fraud_detection.steps.evaluate import evaluate
+from tests.support import PROJECT_DIR
+from tests.support.pipeline import LENIENT_GATE, SMALL_DATA, latest_run, train_small
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import tomllib
 import yaml
 from packaging.requirements import Requirement
 
-from tests.conftest import PROJECT_DIR
+from tests.support import PROJECT_DIR
 
 
 def _normalised(requirements: list[str]) -> dict[str, str]:

@@ -14,12 +14,20 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fraud_detection.cli import EXIT_BAD_PARAMETERS, EXIT_FAILED, main_with_exit_code
-from fraud_detection.config import EvaluateConfig, RegisterConfig, TrainConfig
-from fraud_detection.evaluation import evaluate
-from fraud_detection.registry import register
-from fraud_detection.training import train
-from tests.conftest import SMALL_DATA, tiny_simulation
+from fraud_detection.cli import (
+    EXIT_BAD_PARAMETERS,
+    EXIT_FAILED,
+    main_with_exit_code,
+)
+from fraud_detection.config import (
+    EvaluateConfig,
+    RegisterConfig,
+    TrainConfig,
+)
+from fraud_detection.steps.evaluate import evaluate
+from fraud_detection.steps.register import register
+from fraud_detection.steps.train import train
+from tests.support.pipeline import SMALL_DATA, tiny_simulation
 
 FAST = ["--grid", "none", "--n-estimators", "20", "--n-jobs", "1"]
 
@@ -146,7 +154,7 @@ def test_bad_gate_and_registry_parameters(config_type, step, flags, message, tra
 
 
 def test_a_failed_step_moves_no_alias(experiment, tmp_path, caplog):
-    from tests.conftest import evaluate_and_register, train_small
+    from tests.support.pipeline import evaluate_and_register, train_small
 
     evaluate_and_register(train_small())
     before = MlflowClient().get_registered_model("fraud-detector").aliases

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.conftest import PROJECT_DIR
+from tests.support import PROJECT_DIR
 
 README = (PROJECT_DIR / "README.md").read_text()
 # Built, so that this file is not one of the places the marker grep finds.

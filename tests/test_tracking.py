@@ -1,26 +1,22 @@
 """How steps open their runs: the experiment rule, parameter logging, failures recorded."""
 
-import threading
-import time
-
-import numpy as np
-import pandas as pd
 import pytest
-from mlflow.data.code_dataset_source import CodeDatasetSource
-from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.tracking import MlflowClient
 
-from fraud_detection.cli import EXIT_BAD_PARAMETERS, EXIT_FAILED, flatten, main_with_exit_code
-from fraud_detection.config import TrackingConfig, TrainConfig
-from fraud_detection.tracking import (
-    CONTINUED_IN_TAG,
-    STEP_TAG,
-    FastSchemaPandasDataset,
-    LoggingLane,
-    get_or_create_experiment,
+from fraud_detection.cli import (
+    EXIT_BAD_PARAMETERS,
+    EXIT_FAILED,
+    main_with_exit_code,
 )
-from fraud_detection.training import train
-from tests.conftest import FAST_MODEL, SMALL_DATA, latest_run, train_small
+from fraud_detection.config import (
+    TrackingConfig,
+    TrainConfig,
+)
+from fraud_detection.config.fields import flatten
+from fraud_detection.contract import CONTINUED_IN_TAG, STEP_TAG
+from fraud_detection.steps.train import train
+from fraud_detection.tracking import get_or_create_experiment
+from tests.support.pipeline import FAST_MODEL, SMALL_DATA, latest_run, train_small
 
 
 def test_step_leaves_a_launcher_run_in_default_and_continues_in_the_experiment(
@@ -91,75 +87,3 @@ def test_a_deleted_experiment_is_named(tracking_uri):
     client.delete_experiment(client.create_experiment("gone"))
     with pytest.raises(ConfigError, match="experiment 'gone' is deleted"):
         get_or_create_experiment("gone")
-
-
-def test_datasets_get_mlflows_schema_without_its_per_value_loop():
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame(
-        {
-            "amount": rng.random(3_000),
-            "count": rng.integers(0, 5, 3_000),
-            "flag": rng.integers(0, 2, 3_000).astype(bool),
-            "ratio": rng.random(3_000).astype(np.float32),
-            "gap": rng.random(3_000),
-        }
-    )
-    frame.loc[2_500, "gap"] = np.nan  # beyond the type sample: still found optional
-    source = CodeDatasetSource({"generator": "test"})
-    ours = FastSchemaPandasDataset(frame, source, name="t", digest="d").schema
-    assert ours == PandasDataset(frame, source, name="t", digest="d").schema
-    assert [spec.required for spec in ours.inputs] == [True, True, True, True, False]
-
-
-def test_the_logging_lane_runs_calls_in_order_off_the_callers_thread():
-    done, threads = [], set()
-
-    def call(number):
-        threads.add(threading.get_ident())
-        done.append(number)
-
-    with LoggingLane() as lane:
-        for number in range(20):
-            lane.submit(call, number)
-    assert done == list(range(20))
-    assert threading.get_ident() not in threads
-
-
-def test_the_logging_lane_raises_the_first_failure_and_drops_what_was_queued_after_it():
-    release, done = threading.Event(), []
-
-    def blocked():
-        release.wait(timeout=30)
-        raise ConnectionError("server gone")
-
-    with pytest.raises(ConnectionError, match="server gone"), LoggingLane() as lane:
-        lane.submit(blocked)
-        lane.submit(done.append, "queued after the failure")
-        lane.check()  # nothing has finished yet: no failure to raise
-        release.set()
-    assert done == []
-
-
-def test_check_raises_a_finished_failure_on_the_callers_thread():
-    def failing():
-        raise ValueError("bad batch")
-
-    with pytest.raises(ValueError), LoggingLane() as lane:  # and again when the lane ends
-        lane.submit(failing)
-        with pytest.raises(ValueError, match="bad batch"):
-            for _ in range(3000):
-                lane.check()
-                time.sleep(0.01)
-
-
-def test_when_the_step_fails_queued_calls_are_dropped_and_scratch_folders_removed():
-    release, done = threading.Event(), []
-    with pytest.raises(RuntimeError, match="fit failed"), LoggingLane() as lane:
-        scratch = lane.scratch_dir()
-        (scratch / "checkpoint.json").write_text("{}")
-        lane.submit(release.wait, 30)
-        lane.submit(done.append, "never sent")
-        threading.Timer(0.5, release.set).start()  # after the lane has dropped the queue
-        raise RuntimeError("fit failed")
-    assert done == []
-    assert not scratch.exists()

@@ -6,30 +6,14 @@ that installs it) and fails them in CI (``CI`` set), where `.ci/run` installs ev
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import mlflow_environment
-from tests.integration.services import S3, Postgres, moto_s3, postgres_bindir, postgres_cluster
-
-
-def require(available: bool, what: str, install: str) -> None:
-    """Skip (fail in CI) when ``what`` is missing."""
-    if available:
-        return
-    message = f"{what} is not installed ({install})"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def require_modules(*modules: str) -> None:
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    require(not missing, ", ".join(missing), 'pip install -e ".[dev,integration]"')
+from tests.support.processes import mlflow_environment
+from tests.support.requirements import require, require_modules
+from tests.support.services import S3, Postgres, moto_s3, postgres_bindir, postgres_cluster
 
 
 @pytest.fixture(scope="session")

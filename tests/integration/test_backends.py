@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import (
+from tests.support.processes import (
     EXPERIMENT,
     SMALL_RUN,
     assert_champion_scores,
@@ -28,7 +28,7 @@ from tests.helpers import (
     mlflow_environment,
     mlflow_run,
 )
-from tests.integration.services import S3_VARIABLES, dev_server, production_server
+from tests.support.services import S3_VARIABLES, dev_server, production_server
 
 pytestmark = pytest.mark.slow
 

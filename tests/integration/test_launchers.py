@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import (
+from tests.support.processes import (
     EXPERIMENT,
     PIPELINE_STEPS,
     SMALL_RUN,
@@ -31,7 +31,7 @@ from tests.helpers import (
     pipeline_runs,
     run_command,
 )
-from tests.integration.services import git, git_daemon
+from tests.support.services import git, git_daemon
 
 pytestmark = pytest.mark.slow
 

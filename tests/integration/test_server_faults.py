@@ -24,11 +24,14 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from fraud_detection.spool import STATE_DIR_VARIABLE
-from fraud_detection.tracking import log_datasets, pandas_dataset
-from tests.conftest import PROJECT_DIR
-from tests.helpers import free_port, mlflow_environment, run_command
-from tests.integration.services import dev_server
+from fraud_detection.hardening.datasets import (
+    log_datasets,
+    pandas_dataset,
+)
+from fraud_detection.hardening.spool import STATE_DIR_VARIABLE
+from tests.support import PROJECT_DIR
+from tests.support.processes import free_port, mlflow_environment, run_command
+from tests.support.services import dev_server
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +154,7 @@ def test_a_server_that_stays_down_fails_the_step_then_its_runs_are_failed(tmp_pa
     assert exit_code != 0
     error = log.strip().splitlines()[-1]
     assert f"the tracking server http://127.0.0.1:{port} did not answer" in error
-    assert "python -m fraud_detection.recovery" in error
+    assert "python -m fraud_detection.hardening.recovery" in error
     # Bounded: one retry budget for the request that meets the dead server (the sweep stops
     # there), one for a child being sent, one quick attempt to end the run; not minutes.
     assert failed_after < 120, f"the step took {failed_after:.0f} s to give up"
@@ -160,7 +163,7 @@ def test_a_server_that_stays_down_fails_the_step_then_its_runs_are_failed(tmp_pa
         client = MlflowClient(restarted.url)
         assert "RUNNING" in {run.info.status for run in all_runs(client)}  # the outage's mark
         env = mlflow_environment(restarted.url, **{STATE_DIR_VARIABLE: str(tmp_path / "state")})
-        recovery = run_command([sys.executable, "-m", "fraud_detection.recovery"], env)
+        recovery = run_command([sys.executable, "-m", "fraud_detection.hardening.recovery"], env)
         assert recovery.returncode == 0, recovery.stderr[-3000:]
         statuses = {run.info.run_name: run.info.status for run in all_runs(client)}
     assert "RUNNING" not in statuses.values(), statuses

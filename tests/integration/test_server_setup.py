@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import basic_auth, http_status
-from tests.integration.services import (
+from tests.support.processes import basic_auth, http_status
+from tests.support.services import (
     ADMIN_PASSWORD,
     ADMIN_USER,
     S3,

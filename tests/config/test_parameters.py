@@ -1,0 +1,129 @@
+"""MLproject, the CLI flags and the config dataclasses must describe the same parameters."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from fraud_detection.cli import (
+    EXIT_BAD_PARAMETERS,
+    main_with_exit_code,
+)
+from fraud_detection.config import (
+    ConfigError,
+    EvaluateConfig,
+    GateConfig,
+    ModelConfig,
+    PipelineConfig,
+    RegisterConfig,
+    TrainConfig,
+)
+from fraud_detection.config.fields import (
+    build_config,
+    flatten,
+    leaves,
+)
+from tests.support import PROJECT_DIR
+
+ENTRY_POINTS = {
+    "main": (PipelineConfig, "main.py"),
+    "train": (TrainConfig, "train.py"),
+    "evaluate": (EvaluateConfig, "evaluate.py"),
+    "register": (RegisterConfig, "register.py"),
+}
+MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "bool"}
+
+
+@pytest.fixture(scope="module")
+def mlproject() -> dict:
+    return yaml.safe_load((PROJECT_DIR / "MLproject").read_text())
+
+
+def test_entry_points(mlproject):
+    assert set(mlproject["entry_points"]) == set(ENTRY_POINTS)
+    assert mlproject["python_env"] == "python_env.yaml"
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_mlproject_parameters_match_the_config(mlproject, entry_point):
+    config_type, _ = ENTRY_POINTS[entry_point]
+    declared = mlproject["entry_points"][entry_point]["parameters"]
+    expected = {
+        leaf.name: {"type": MLPROJECT_TYPES[leaf.type], "default": leaf.default}
+        for leaf in leaves(config_type)
+    }
+    assert declared == expected
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_mlproject_command_passes_every_parameter_to_its_flag(mlproject, entry_point):
+    config_type, script = ENTRY_POINTS[entry_point]
+    command = mlproject["entry_points"][entry_point]["command"]
+    assert command.startswith(f"python {script} ")
+    passed = dict(re.findall(r"--([a-z0-9-]+) \{([a-z0-9_]+)\}", command))
+    assert passed == {leaf.name.replace("_", "-"): leaf.name for leaf in leaves(config_type)}
+    assert "\n" not in command  # a folded block must not keep line breaks
+
+
+def test_leaf_names_are_unique_per_entry_point():
+    for config_type, _ in ENTRY_POINTS.values():
+        names = [leaf.name for leaf in leaves(config_type)]
+        assert len(names) == len(set(names)), config_type
+
+
+def test_main_passes_everything_the_steps_take():
+    main = {leaf.name for leaf in leaves(PipelineConfig)}
+    # main chains run ids itself; approving and rolling back are actions of their own.
+    own = {"run_id", "approve_version", "rollback", "reason"}
+    for step in (TrainConfig, EvaluateConfig, RegisterConfig):
+        assert {leaf.name for leaf in leaves(step)} - own <= main
+
+
+def test_build_config_round_trips_through_strings():
+    config = TrainConfig()
+    strings = {key: str(value) for key, value in flatten(config).items()}
+    assert build_config(TrainConfig, strings) == config
+
+
+@pytest.mark.parametrize(
+    ("config_type", "values", "message"),
+    [
+        (ModelConfig, {"model_kinds": "xgboost,forest"}, "unknown model forest"),
+        (ModelConfig, {"n_estimators": "-3"}, "n_estimators"),
+        (ModelConfig, {"learning_rate": "2"}, "learning_rate"),
+        (ModelConfig, {"max_bin": "1"}, "max_bin must be >= 2"),
+        (GateConfig, {"min_roc_auc": "1.5"}, "between 0 and 1"),
+        (GateConfig, {"champion_tolerance": "-0.1"}, "between 0 and 1"),
+        (TrainConfig, {"n_customers": "-5"}, "n_customers must be at least 1"),
+        (TrainConfig, {"n_days": "2.5"}, "n_days must be int"),
+        (TrainConfig, {"experiment_name": " "}, "experiment_name"),
+    ],
+)
+def test_bad_parameters_are_refused_with_the_allowed_range(config_type, values, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(config_type, values)
+
+
+def test_bad_flag_exits_2_before_any_work(caplog):
+    def must_not_run(config):
+        raise AssertionError("the step ran")
+
+    code = main_with_exit_code(TrainConfig, must_not_run, ["--n-days", "-1"], "train")
+    assert code == EXIT_BAD_PARAMETERS
+    assert "n_days must be at least 1" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "script", ["main.py", "train.py", "evaluate.py", "register.py", "serve.py"]
+)
+def test_root_scripts_describe_their_flags(script):
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_DIR / script), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PROJECT_DIR,
+    )
+    assert "usage:" in result.stdout

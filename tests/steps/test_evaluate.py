@@ -1,0 +1,159 @@
+"""The evaluate step against a real SQLite store: metrics, plots, model card, champion gate."""
+
+from dataclasses import replace
+
+import mlflow
+import pytest
+from mlflow.models import EvaluationResult
+from mlflow.tracking import MlflowClient
+
+from fraud_detection.cli import (
+    EXIT_FAILED,
+    main_with_exit_code,
+)
+from fraud_detection.config import (
+    EvaluateConfig,
+    GateConfig,
+    TrainConfig,
+)
+from fraud_detection.steps.evaluate import (
+    Champion,
+    Scored,
+    check_gate,
+    evaluate,
+)
+from fraud_detection.steps.train import train
+from tests.support.pipeline import (
+    FAST_MODEL,
+    LENIENT_GATE,
+    SMALL_DATA,
+    evaluate_and_register,
+    latest_run,
+    train_small,
+)
+
+PLOTS = {
+    "test_precision_recall_curve.png",
+    "test_roc_curve.png",
+    "test_calibration_curve.png",
+    "test_confusion_matrix.png",
+    "test_savings_vs_threshold.png",
+    "test_feature_importance.png",
+}
+
+
+def test_evaluation_metrics_plots_and_model_card(experiment):
+    client = MlflowClient()
+    train_run_id = train_small()
+    evaluate(EvaluateConfig(run_id=train_run_id, gate=LENIENT_GATE))
+    run = latest_run("evaluate")
+    metrics = run.data.metrics
+    for name in ("roc_auc", "average_precision", "card_precision_at_100", "recall_at_1pct_fpr"):
+        assert 0 < metrics[f"test_{name}"] <= 1, name
+    assert "test_savings_at_threshold" in metrics
+    # The default classifier metrics at the model's threshold, from mlflow.models.evaluate.
+    assert {"test_precision_score", "test_recall_score", "test_f1_score"} <= set(metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert PLOTS | {"model_card.md", "model_card.html", "gate.json"} <= artifacts
+
+    card = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_card.md")
+    train_run = client.get_run(train_run_id)
+    assert train_run.data.params["data_fingerprint"] in card
+    assert train_run.data.tags["fraud.model_id"] in card
+    assert f"{metrics['test_roc_auc']:.4f}" in card
+    html = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_card.html")
+    assert html.count("data:image/png;base64,") == len(PLOTS) - 1  # confusion matrix: MLflow's
+
+    # Metrics are linked to the logged model and its test dataset (MLflow 3 LoggedModel).
+    logged = mlflow.get_logged_model(train_run.data.tags["fraud.model_id"])
+    linked = {m.key for m in logged.metrics}
+    assert {"test_roc_auc", "validation_average_precision"} <= linked
+    assert run.data.tags["fraud.gate"] == "passed"
+    assert run.data.tags["fraud.champion_comparison"] == "no champion"
+
+
+def test_the_champion_is_scored_on_the_same_rows_and_gates_the_challenger(experiment):
+    client = MlflowClient()
+    evaluate_and_register(train_small())
+    weak_train_run_id = train_small(model_kinds="xgboost", n_estimators=1, max_depth=1)
+    evaluate(EvaluateConfig(run_id=weak_train_run_id, gate=LENIENT_GATE))
+    run = latest_run("evaluate")
+    assert run.data.tags["fraud.champion_version"] == "1"
+    assert run.data.metrics["champion_test_example_count"] == run.data.metrics["test_example_count"]
+    assert run.data.tags["fraud.gate"] == "failed"
+    assert "not_worse_average_precision" in run.data.tags["fraud.gate_report"]
+    gate = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/gate.json")
+    assert gate["champion_version"] == "1"
+    assert {c["name"] for c in gate["criteria"] if not c["passed"]} >= {
+        "not_worse_average_precision"
+    }
+    card = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_card.md")
+    assert "champion v1" in card
+    assert client.get_run(run.info.run_id).data.metrics["champion_test_roc_auc"] > 0
+
+
+def _result(**metrics: float) -> EvaluationResult:
+    return EvaluationResult(metrics={f"test_{k}": v for k, v in metrics.items()}, artifacts={})
+
+
+SCORED = Scored(probabilities=None, decisions=None)
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "tolerance", "passed"),
+    [
+        (0.70, 0.70, 0.0, True),  # equal is "no worse"
+        (0.69, 0.70, 0.0, False),
+        (0.69, 0.70, 0.02, True),  # within the tolerance
+        (0.75, 0.70, 0.0, True),
+    ],
+)
+def test_gate_against_the_champion(candidate, champion, tolerance, passed):
+    gate = GateConfig(min_roc_auc=0.5, min_average_precision=0.1, champion_tolerance=tolerance)
+    criteria = check_gate(
+        _result(roc_auc=0.9, average_precision=candidate),
+        {"roc_auc": 0.9, "average_precision": champion},
+        gate,
+        Champion("3", "m-1", SCORED),
+    )
+    outcome = {c.name: c.passed for c in criteria}
+    assert outcome["not_worse_average_precision"] is passed
+    assert outcome["not_worse_roc_auc"] is True
+    assert outcome["min_roc_auc"] and outcome["min_average_precision"]
+
+
+def test_gate_floors_and_missing_comparisons():
+    gate = GateConfig(min_roc_auc=0.95, min_card_precision_at_100=0.1)
+    criteria = {
+        c.name: c for c in check_gate(_result(roc_auc=0.9, average_precision=0.5), {}, gate, None)
+    }
+    assert not criteria["min_roc_auc"].passed
+    assert "0.9000 vs floor 0.9500" in criteria["min_roc_auc"].detail
+    assert not criteria["min_card_precision_at_100"].passed  # a floor on a metric not measured
+    assert criteria["beats_champion"].passed  # no champion yet
+    unavailable = Champion("2", "m-2", None, "unavailable: missing column V1")
+    last = check_gate(_result(roc_auc=0.99, average_precision=0.9), {}, LENIENT_GATE, unavailable)[
+        -1
+    ]
+    assert (last.name, last.passed) == ("beats_champion", False)
+    assert "missing column V1" in last.detail
+
+
+def test_evaluate_refuses_data_that_changed_since_training(
+    experiment, tmp_path, small_transactions
+):
+    path = tmp_path / "transactions.parquet"
+    small_transactions.to_parquet(path)
+    train(TrainConfig(data=replace(SMALL_DATA, data=str(path)), model=FAST_MODEL))
+    small_transactions.assign(TX_AMOUNT=small_transactions["TX_AMOUNT"] + 1).to_parquet(path)
+    code = main_with_exit_code(EvaluateConfig, evaluate, [], "evaluate")
+    assert code == EXIT_FAILED
+    run = latest_run("evaluate")
+    assert run.info.status == "FAILED"
+    assert "the data changed since train run" in run.data.tags["fraud.error"]
+
+
+def test_evaluate_without_a_train_run_names_the_experiment(experiment, caplog):
+    code = main_with_exit_code(EvaluateConfig, evaluate, [], "evaluate")
+    assert code == EXIT_FAILED
+    assert "no finished train run in experiment 'fraud-detection'" in caplog.text

@@ -1,0 +1,296 @@
+"""Helpers shared by the end-to-end and integration tests: project copies, `mlflow run`,
+background processes on loopback, and the checks every finished pipeline must pass.
+
+Every process a test starts gets a session (process group) of its own and is stopped through it,
+so nothing it started (steps, uvicorn workers, database backends) outlives the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tests.support import PROJECT_DIR
+
+# What `mlflow run` needs of the project (a copy keeps the tests away from the work tree's
+# mlflow.db and mlruns/).
+PROJECT_FILES = [
+    "MLproject",
+    "python_env.yaml",
+    "conda.yaml",
+    "pyproject.toml",
+    "main.py",
+    "train.py",
+    "evaluate.py",
+    "register.py",
+    "serve.py",
+    "fraud_detection",
+]
+# The whole pipeline in about 30 s: small simulated data, one small model per family (no
+# sweep), a lenient gate.
+SMALL_RUN = {
+    "n_customers": "500",
+    "n_terminals": "1000",
+    "n_days": "60",
+    "seed": "1",
+    "grid": "none",
+    "n_estimators": "60",
+    "min_roc_auc": "0.5",
+    "min_average_precision": "0.01",
+}
+EXPERIMENT = "fraud-detection"
+CHAMPION_URI = "models:/fraud-detector@champion"
+PIPELINE_STEPS = ("train", "evaluate", "register")
+# Variables a launcher sets for its child; a test's launcher must not inherit the outer ones.
+LAUNCHER_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+COMMAND_TIMEOUT_S = 900
+
+
+def copy_project(destination: Path) -> Path:
+    """Copy the files `mlflow run` needs into ``destination`` (created) and return it."""
+    destination.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = PROJECT_DIR / name
+        if source.is_dir():
+            shutil.copytree(
+                source, destination / name, ignore=shutil.ignore_patterns("__pycache__")
+            )
+        else:
+            shutil.copy(source, destination / name)
+    return destination
+
+
+def mlflow_environment(tracking_uri: str | None, **variables: str) -> dict[str, str]:
+    """This process's environment for a launcher: the given tracking URI (None: MLflow's
+    default, the working directory's mlflow.db), no inherited run or experiment, and this
+    interpreter first on PATH (`mlflow run` starts `python main.py` through the shell)."""
+    env = dict(os.environ)
+    for name in (*LAUNCHER_VARIABLES, "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    if tracking_uri is not None:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update(variables)
+    return env
+
+
+def run_command(
+    command: Sequence[str],
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    timeout: float = COMMAND_TIMEOUT_S,
+) -> subprocess.CompletedProcess:
+    """Run ``command`` in a session of its own; on timeout stop the whole session and fail.
+
+    Unless ``env`` names a TMPDIR, the command gets a private one, removed afterwards: MLflow
+    leaves a folder in it for every project run.
+    """
+    with tempfile.TemporaryDirectory(prefix="test-command-") as scratch:
+        process = subprocess.Popen(
+            list(command),
+            env={"TMPDIR": scratch, **env},
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            raise AssertionError(
+                f"{' '.join(command[:4])}... did not finish in {timeout:.0f} s\n{stderr[-4000:]}"
+            ) from None
+        finally:
+            # Anything the command left behind in its session (none expected) goes with it.
+            _signal_group(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def mlflow_run(
+    project: str | Path,
+    env: Mapping[str, str],
+    *args: str,
+    env_manager: str = "local",
+    cwd: Path | None = None,
+    **params: str,
+) -> subprocess.CompletedProcess:
+    """`mlflow run <project> --env-manager <env_manager> <args> -P key=value...`."""
+    command = [sys.executable, "-m", "mlflow", "run", str(project), "--env-manager", env_manager]
+    command += args
+    for key, value in params.items():
+        command += ["-P", f"{key}={value}"]
+    return run_command(command, env, cwd=cwd)
+
+
+def assert_succeeded(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-6000:]}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class BackgroundProcess:
+    """A long-running process (a server) in its own session, its output in a log file."""
+
+    def __init__(self, process: subprocess.Popen, log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+
+    def log_tail(self, characters: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-characters:]
+
+    def wait_until(self, ready: Any, timeout: float, what: str) -> None:
+        """Poll ``ready()`` until it is true; fail with the log if the process dies first."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"{what} exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} not ready after {timeout:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.25)
+
+    def stop(self, grace_s: float = 30) -> None:
+        """SIGTERM to the whole session, SIGKILL after ``grace_s``."""
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        # Children that ignored SIGTERM or outlived the leader.
+        _signal_group(self.process.pid, signal.SIGKILL)
+
+
+@contextmanager
+def background_process(
+    command: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> Iterator[BackgroundProcess]:
+    """Start ``command`` in a new session (as ``user``, if given); stop the session on exit."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            list(command),
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=user,
+            group=user,
+            extra_groups=[] if user else None,
+        )
+    running = BackgroundProcess(process, log_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def http_ok(url: str, headers: Mapping[str, str] | None = None) -> bool:
+    """True when ``url`` answers 2xx; False while nothing listens yet."""
+    try:
+        return http_status(url, headers) < 300
+    except OSError:
+        return False
+
+
+def http_status(url: str, headers: Mapping[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def post_json(
+    url: str, payload: dict, headers: Mapping[str, str] | None = None
+) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def basic_auth(username: str, password: str) -> dict[str, str]:
+    """The header of HTTP basic authentication."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def pipeline_runs(client: MlflowClient, experiment: str = EXPERIMENT) -> dict[str, Any]:
+    """The runs of ``experiment`` by their ``fraud.step`` tag (the latest of each)."""
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r}"
+    runs = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+    return {run.data.tags.get("fraud.step"): run for run in runs}
+
+
+def assert_pipeline_finished(client: MlflowClient, experiment: str = EXPERIMENT) -> dict[str, Any]:
+    """Every run of the pipeline finished, each step a project run nested under `main`."""
+    steps = pipeline_runs(client, experiment)
+    assert {"main", *PIPELINE_STEPS, "candidate"} <= set(steps), sorted(map(str, steps))
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id])
+    assert all(run.info.status == "FINISHED" for run in runs)
+    main = steps["main"]
+    for step in PIPELINE_STEPS:
+        child = steps[step]
+        assert child.data.tags["mlflow.parentRunId"] == main.info.run_id, step
+        assert child.data.tags["mlflow.project.entryPoint"] == step
+    return steps
+
+
+def assert_champion_scores(tracking_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """`models:/fraud-detector@champion` loads from ``tracking_uri`` and scores its example."""
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model(CHAMPION_URI)
+    finally:
+        mlflow.set_tracking_uri(None)
+    rows = model.input_example
+    scored = model.predict(rows)
+    assert list(scored.columns) == ["fraud_probability", "is_fraud"]
+    assert len(scored) == len(rows) > 0
+    assert scored["fraud_probability"].between(0, 1).all()
+    return model
