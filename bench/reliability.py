@@ -176,15 +176,15 @@ def bad_requests(report: Report, folder: Path) -> None:
         FEATURE_COLUMNS,
         add_features,
     )
-    from tests.support.pipeline import evaluate_and_register, tiny_simulation, train_small
-    from tests.test_server_process import (
+    from tests.serving.test_api_process import (
         SECRET,
         _mlflow_models_serve,
         _request,
         _serve_api,
         running,
     )
-    from tests.test_server_process import bad_requests as bad_request_bodies
+    from tests.serving.test_api_process import bad_requests as bad_request_bodies
+    from tests.support.pipeline import evaluate_and_register, tiny_simulation, train_small
 
     with tracking_store(folder) as uri:
         evaluate_and_register(train_small())
@@ -224,14 +224,14 @@ def bad_requests(report: Report, folder: Path) -> None:
 def server_faults(report: Report, folder: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tests.support.processes import mlflow_environment, run_command
-    from tests.support.services import dev_server
     from tests.integration.test_server_faults import (
         STATE_DIR_VARIABLE,
         all_runs,
         killed_mid_sweep,
         lost_metric_points,
     )
+    from tests.support.processes import mlflow_environment, run_command
+    from tests.support.services import dev_server
 
     # 1. Killed mid-sweep, restarted three seconds later: the step must finish, losing nothing.
     restart = folder / "restart"

@@ -491,77 +491,95 @@ def _run_row(
 ) -> dict[str, list[dict[str, float]]]:
     """Fit and score ``row`` on every fold, each fold a nested run; return per-fold metrics."""
     per_role: dict[str, list[dict[str, float]]] = {"test": [], "validation": []}
-    columns = config.data().columns
     with mlflow.start_run(experiment_id=experiment_id, run_name=row.name, nested=True):
         fold_params: list[dict[str, Any]] = []
         for fold in folds:
-            frame = fold.train.select(data.table)
-            rows = assessed[fold.key]
-            with mlflow.start_run(
-                experiment_id=experiment_id,
-                run_name=f"{row.name} {fold.role} {fold.index}",
-                nested=True,
-            ):
-                fit_started = time.perf_counter()
-                scorer, chosen = row.fit(data.table, fold.train, columns, config.n_jobs)
-                fit_seconds = time.perf_counter() - fit_started
-                metrics = fraud_metrics(
-                    rows[label],
-                    scorer.predict_proba(rows),
-                    days=rows[DAY_COLUMN],
-                    customers=rows[columns.customer_column],
-                )
-                params = {"model": row.name, "n_features": len(row.features), **scorer.params}
-                fold_params.append(params)
-                mlflow.log_params(
-                    {
-                        **params,
-                        **{key: value for key, value in chosen.items() if key != _CHOSEN_AP},
-                        "role": fold.role,
-                        "fold": fold.index,
-                        "train_first_day": data.date(fold.train.start),
-                        "train_last_day": data.date(fold.train.end - 1),
-                        "assessed_first_day": data.date(fold.assessed.start),
-                        "assessed_last_day": data.date(fold.assessed.end - 1),
-                    }
-                )
-                mlflow.log_metrics(
-                    {
-                        **metrics,
-                        **({_CHOSEN_AP: chosen[_CHOSEN_AP]} if _CHOSEN_AP in chosen else {}),
-                        "fit_seconds": fit_seconds,
-                        "train_rows": len(frame),
-                        "assessed_rows": len(rows),
-                    }
-                )
-            per_role[fold.role].append(metrics)
-            logger.info(
-                "%s %s fold %d (train from %s): %s (fit %.1f s)%s",
-                row.name,
-                fold.role,
-                fold.index,
-                data.date(fold.train.start),
-                ", ".join(f"{key} {value:.3f}" for key, value in metrics.items()),
-                fit_seconds,
-                f", chose {chosen['chosen_candidate']} x {chosen['chosen_rounds']}"
-                if chosen
-                else "",
+            metrics, params = _run_fold(
+                row, fold, data, assessed[fold.key], label, config, experiment_id
             )
-        # The row's settings: what every fold shares (a sweep picks per fold, see the folds).
-        shared = {
-            key: value
-            for key, value in fold_params[0].items()
-            if all(other.get(key) == value for other in fold_params[1:])
-        }
-        mlflow.log_params({**shared, "sweep_on_validation": row.sweep})
-        for role, per_fold in per_role.items():
-            mean, std = _summary(per_fold)
-            mlflow.log_metrics({f"{role}_{key}_mean": value for key, value in mean.items()})
-            mlflow.log_metrics({f"{role}_{key}_std": value for key, value in std.items()})
-        book = handbook.PREQUENTIAL_TEST.get(row.name)
-        if book is not None:
-            mlflow.log_metrics({f"book_test_{key}_mean": value for key, value in book.mean.items()})
+            per_role[fold.role].append(metrics)
+            fold_params.append(params)
+        _log_row_summary(row, per_role, fold_params)
     return per_role
+
+
+def _run_fold(
+    row: ModelRow,
+    fold: Fold,
+    data: Data,
+    rows: pd.DataFrame,
+    label: str,
+    config: BenchConfig,
+    experiment_id: str,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Fit ``row`` on one fold's training window and score its assessed rows, in a nested run."""
+    columns = config.data().columns
+    name = f"{row.name} {fold.role} {fold.index}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
+        fit_started = time.perf_counter()
+        scorer, chosen = row.fit(data.table, fold.train, columns, config.n_jobs)
+        fit_seconds = time.perf_counter() - fit_started
+        metrics = fraud_metrics(
+            rows[label],
+            scorer.predict_proba(rows),
+            days=rows[DAY_COLUMN],
+            customers=rows[columns.customer_column],
+        )
+        params = {"model": row.name, "n_features": len(row.features), **scorer.params}
+        mlflow.log_params(
+            {
+                **params,
+                **{key: value for key, value in chosen.items() if key != _CHOSEN_AP},
+                "role": fold.role,
+                "fold": fold.index,
+                "train_first_day": data.date(fold.train.start),
+                "train_last_day": data.date(fold.train.end - 1),
+                "assessed_first_day": data.date(fold.assessed.start),
+                "assessed_last_day": data.date(fold.assessed.end - 1),
+            }
+        )
+        mlflow.log_metrics(
+            {
+                **metrics,
+                **({_CHOSEN_AP: chosen[_CHOSEN_AP]} if _CHOSEN_AP in chosen else {}),
+                "fit_seconds": fit_seconds,
+                "train_rows": len(fold.train.select(data.table)),
+                "assessed_rows": len(rows),
+            }
+        )
+    logger.info(
+        "%s %s fold %d (train from %s): %s (fit %.1f s)%s",
+        row.name,
+        fold.role,
+        fold.index,
+        data.date(fold.train.start),
+        ", ".join(f"{key} {value:.3f}" for key, value in metrics.items()),
+        fit_seconds,
+        f", chose {chosen['chosen_candidate']} x {chosen['chosen_rounds']}" if chosen else "",
+    )
+    return metrics, params
+
+
+def _log_row_summary(
+    row: ModelRow,
+    per_role: dict[str, list[dict[str, float]]],
+    fold_params: list[dict[str, Any]],
+) -> None:
+    """The row's run: the settings every fold shares, the mean and spread over folds."""
+    # A sweep picks per fold: the row records only what every fold shares.
+    shared = {
+        key: value
+        for key, value in fold_params[0].items()
+        if all(other.get(key) == value for other in fold_params[1:])
+    }
+    mlflow.log_params({**shared, "sweep_on_validation": row.sweep})
+    for role, per_fold in per_role.items():
+        mean, std = _summary(per_fold)
+        mlflow.log_metrics({f"{role}_{key}_mean": value for key, value in mean.items()})
+        mlflow.log_metrics({f"{role}_{key}_std": value for key, value in std.items()})
+    book = handbook.PREQUENTIAL_TEST.get(row.name)
+    if book is not None:
+        mlflow.log_metrics({f"book_test_{key}_mean": value for key, value in book.mean.items()})
 
 
 def json_figures(results: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]:
@@ -600,18 +618,38 @@ def format_report(
     elapsed: float,
 ) -> str:
     """The benchmark's printed report: data, speed, then ours beside the book's, per protocol."""
-    metrics = handbook.METRICS
-    titles = [handbook.METRIC_TITLES[metric] for metric in metrics]
-    stats, speed = data.statistics, data.speed
-    book = handbook.BOOK_DATA
-    book_shares = [book["frauds_by_scenario"][s] / book["frauds"] for s in (1, 2, 3)]
     test_folds = [fold for fold in folds if fold.role == "test"]
     validation_folds = [fold for fold in folds if fold.role == "validation"]
-
-    def starts(selected: Sequence[Fold]) -> str:
-        return ", ".join(data.date(fold.train.start) for fold in selected)
-
     lines = [
+        *_data_lines(config, data),
+        "",
+        *_speed_lines(data),
+        "",
+        *_test_table(data, test_folds, rows, results),
+        "",
+        *_one_split_table(data, test_folds[0], rows, results),
+        "",
+        *_validation_table(data, validation_folds, rows, results),
+        *_verdict_lines(results),
+    ]
+    if config.seed != DataConfig().seed or config.train_start != BOOK_TRAIN_START:
+        lines += ["", BOOK_SEED_NOTE]
+    lines += ["", f"Benchmark wall time {elapsed:.0f} s."]
+    return "\n".join(lines)
+
+
+def _titles() -> list[str]:
+    return [handbook.METRIC_TITLES[metric] for metric in handbook.METRICS]
+
+
+def _starts(data: Data, selected: Sequence[Fold]) -> str:
+    return ", ".join(data.date(fold.train.start) for fold in selected)
+
+
+def _data_lines(config: BenchConfig, data: Data) -> list[str]:
+    stats, book = data.statistics, handbook.BOOK_DATA
+    book_shares = [book["frauds_by_scenario"][s] / book["frauds"] for s in (1, 2, 3)]
+    return [
         f"Handbook protocol, seed {config.seed}: {config.n_customers:,} cards, "
         f"{config.n_terminals:,} terminals, {config.n_days} days from {config.start_date}",
         f"  {stats['transactions']:,} transactions, {100 * stats['fraud_rate']:.2f}% fraud, "
@@ -620,7 +658,12 @@ def format_report(
         + f"  (book: {book['transactions']:,}, {100 * book['frauds'] / book['transactions']:.2f}%, "
         + " / ".join(f"{100 * share:.1f}%" for share in book_shares)
         + ")",
-        "",
+    ]
+
+
+def _speed_lines(data: Data) -> list[str]:
+    speed = data.speed
+    return [
         f"Speed ({os.cpu_count()} cores): simulation {speed['simulate_seconds']:.2f} s "
         f"({speed['simulate_rows_per_second'] / 1e6:.2f} M rows/s), schema checks and sort "
         f"{speed['check_seconds']:.2f} s, features {speed['features_seconds']:.2f} s "
@@ -634,8 +677,15 @@ def format_report(
         f"after features {speed['features_peak_memory_bytes'] / 1024**3:.2f} GB, whole run "
         f"{_peak_memory_bytes() / 1024**3:.2f} GB (goal under "
         f"{GOAL_MEMORY_BYTES / 1024**3:.0f} GB)",
-        "",
-        f"Test, {len(test_folds)}-fold prequential (training from {starts(test_folds)}), "
+    ]
+
+
+def _test_table(
+    data: Data, test_folds: Sequence[Fold], rows: Sequence[ModelRow], results: dict
+) -> list[str]:
+    titles, metrics = _titles(), handbook.METRICS
+    return [
+        f"Test, {len(test_folds)}-fold prequential (training from {_starts(data, test_folds)}), "
         "mean ± std over folds; book: chapter 5.3, same settings (for the template's row: the "
         "book's best tuned XGBoost, chosen on validation - best on test)",
         _table(
@@ -650,10 +700,15 @@ def format_report(
                 for row in rows
             ],
         ),
-        "",
-        f"One split (chapter 3.4): train {data.date(test_folds[0].train.start)} .. "
-        f"{data.date(test_folds[0].train.end - 1)}, test {data.date(test_folds[0].assessed.start)}"
-        f" .. {data.date(test_folds[0].assessed.end - 1)}; book: chapter 3.4",
+    ]
+
+
+def _one_split_table(data: Data, first: Fold, rows: Sequence[ModelRow], results: dict) -> list[str]:
+    titles, metrics = _titles(), handbook.METRICS
+    return [
+        f"One split (chapter 3.4): train {data.date(first.train.start)} .. "
+        f"{data.date(first.train.end - 1)}, test {data.date(first.assessed.start)}"
+        f" .. {data.date(first.assessed.end - 1)}; book: chapter 3.4",
         _table(
             ["model", *titles, *(f"book {title}" for title in titles)],
             [
@@ -668,9 +723,22 @@ def format_report(
                 for row in rows
             ],
         ),
-        "",
+    ]
+
+
+def _validation_table(
+    data: Data, validation_folds: Sequence[Fold], rows: Sequence[ModelRow], results: dict
+) -> list[str]:
+    titles, metrics = _titles(), handbook.METRICS
+
+    def book(name: str) -> handbook.Published | None:
+        if name == "xgboost_template":
+            return handbook.BEST_TUNED_XGBOOST_VALIDATION
+        return handbook.PREQUENTIAL_VALIDATION.get(name)
+
+    return [
         f"Validation, {len(validation_folds)}-fold prequential (training from "
-        f"{starts(validation_folds)}): where the template's defaults were chosen; book: "
+        f"{_starts(data, validation_folds)}): where the template's defaults were chosen; book: "
         "chapter 5.3 (for the template's row: the best of the book's XGBoost grid)",
         _table(
             ["model", *titles, *(f"book {title}" for title in titles)],
@@ -678,41 +746,31 @@ def format_report(
                 [
                     row.title,
                     *(_mean_std(results[row.name]["validation"], metric) for metric in metrics),
-                    *(
-                        _published(
-                            handbook.PREQUENTIAL_VALIDATION.get(row.name)
-                            or (
-                                handbook.BEST_TUNED_XGBOOST_VALIDATION
-                                if row.name == "xgboost_template"
-                                else None
-                            ),
-                            metric,
-                        )
-                        for metric in metrics
-                    ),
+                    *(_published(book(row.name), metric) for metric in metrics),
                 ]
                 for row in rows
             ],
         ),
     ]
-    if "xgboost_template" in results:
-        template = results["xgboost_template"]["test"]
-        published = {metric: bound for metric, (_, bound) in handbook.BEAT_THE_BOOK.items()}
-        lines += ["", _verdict(template, published, "the book's best tuned XGBoost, as published")]
-        if "xgboost_book_tuned" in results:
-            tuned = results["xgboost_book_tuned"]["test"]
-            lines.append(
-                _verdict(
-                    template,
-                    _summary(tuned)[0],
-                    "the book's best tuned settings run on the same folds",
-                    paired=tuned,
-                )
+
+
+def _verdict_lines(results: dict) -> list[str]:
+    if "xgboost_template" not in results:
+        return []
+    template = results["xgboost_template"]["test"]
+    published = {metric: bound for metric, (_, bound) in handbook.BEAT_THE_BOOK.items()}
+    lines = ["", _verdict(template, published, "the book's best tuned XGBoost, as published")]
+    if "xgboost_book_tuned" in results:
+        tuned = results["xgboost_book_tuned"]["test"]
+        lines.append(
+            _verdict(
+                template,
+                _summary(tuned)[0],
+                "the book's best tuned settings run on the same folds",
+                paired=tuned,
             )
-    if config.seed != DataConfig().seed or config.train_start != BOOK_TRAIN_START:
-        lines += ["", BOOK_SEED_NOTE]
-    lines += ["", f"Benchmark wall time {elapsed:.0f} s."]
-    return "\n".join(lines)
+        )
+    return lines
 
 
 def _book_test(name: str, metric: str) -> str:

@@ -85,18 +85,37 @@ def add_features(
     columns = columns or TransactionColumns()
     timestamp = pd.DatetimeIndex(transactions[columns.timestamp_column])
     seconds = timestamp.as_unit("s").asi8
-    amount = transactions[columns.amount_column].to_numpy(dtype=np.float64)
-    # Unknown labels (recent rows being scored) count as genuine in the terminal fraud rates;
-    # the delay keeps the most recent days out of those windows anyway.
-    label = pd.to_numeric(transactions[columns.label_column]).fillna(0).to_numpy(np.float64)
+    lookback = (max(WINDOW_DAYS) + delay_days) * 86_400
+    features = {
+        **_transaction_features(transactions, columns, timestamp),
+        **_customer_features(transactions, columns, seconds, lookback),
+        **_terminal_features(transactions, columns, seconds, lookback, delay_days),
+    }
+    engineered = pd.DataFrame(
+        {name: features[name] for name in FEATURE_COLUMNS}, index=transactions.index
+    )
+    raw = transactions.drop(columns=[c for c in FEATURE_COLUMNS if c in transactions.columns])
+    return pd.concat([raw, engineered], axis=1)
 
-    features: dict[str, np.ndarray] = {
-        "TX_AMOUNT": amount,
+
+def _transaction_features(
+    transactions: pd.DataFrame, columns: TransactionColumns, timestamp: pd.DatetimeIndex
+) -> dict[str, np.ndarray]:
+    """What the transaction itself says: its amount, and when it happened."""
+    return {
+        "TX_AMOUNT": transactions[columns.amount_column].to_numpy(dtype=np.float64),
         "TX_DURING_WEEKEND": (timestamp.day_of_week >= 5).astype(np.int8),
         "TX_DURING_NIGHT": (timestamp.hour <= NIGHT_LAST_HOUR).astype(np.int8),
     }
-    lookback = (max(WINDOW_DAYS) + delay_days) * 86_400
+
+
+def _customer_features(
+    transactions: pd.DataFrame, columns: TransactionColumns, seconds: np.ndarray, lookback: int
+) -> dict[str, np.ndarray]:
+    """The card's spending over its last 1, 7 and 30 days, this transaction included."""
+    amount = transactions[columns.amount_column].to_numpy(dtype=np.float64)
     customer = _EntityWindows(transactions[columns.customer_column].to_numpy(), seconds, lookback)
+    features: dict[str, np.ndarray] = {}
     for window in WINDOW_DAYS:
         count, total = customer.backward_sums(
             amount, window_days=window, end_days_ago=0, include_current=True
@@ -110,8 +129,22 @@ def add_features(
         features[f"CUSTOMER_ID_AMOUNT_RATIO_{window}DAY_WINDOW"] = np.divide(
             amount, average, out=np.ones_like(amount), where=average > 0
         )
+    return features
 
+
+def _terminal_features(
+    transactions: pd.DataFrame,
+    columns: TransactionColumns,
+    seconds: np.ndarray,
+    lookback: int,
+    delay_days: int,
+) -> dict[str, np.ndarray]:
+    """The terminal's traffic and fraud rate over 1, 7 and 30 days ending ``delay_days`` ago."""
+    # Unknown labels (recent rows being scored) count as genuine in the terminal fraud rates;
+    # the delay keeps the most recent days out of those windows anyway.
+    label = pd.to_numeric(transactions[columns.label_column]).fillna(0).to_numpy(np.float64)
     terminal = _EntityWindows(transactions[columns.terminal_column].to_numpy(), seconds, lookback)
+    features: dict[str, np.ndarray] = {}
     for window in WINDOW_DAYS:
         count, frauds = terminal.backward_sums(
             label, window_days=window, end_days_ago=delay_days, include_current=False
@@ -120,12 +153,7 @@ def add_features(
         features[f"TERMINAL_ID_RISK_{window}DAY_WINDOW"] = np.divide(
             frauds, count, out=np.zeros_like(frauds), where=count > 0
         )
-
-    engineered = pd.DataFrame(
-        {name: features[name] for name in FEATURE_COLUMNS}, index=transactions.index
-    )
-    raw = transactions.drop(columns=[c for c in FEATURE_COLUMNS if c in transactions.columns])
-    return pd.concat([raw, engineered], axis=1)
+    return features
 
 
 class _EntityWindows:

@@ -30,20 +30,7 @@ def prepare_transactions(
     columns = config.columns
     if table.empty:
         raise DataError(f"{source}: no rows")
-    needed = [columns.timestamp_column]
-    if require_labels:
-        needed.append(columns.label_column)
-    if config.engineered_features:
-        needed += [columns.customer_column, columns.terminal_column, columns.amount_column]
-    else:
-        needed += list(config.passthrough_features)
-    missing = [name for name in dict.fromkeys(needed) if name not in table.columns]
-    if missing:
-        available = ", ".join(map(str, table.columns[:20]))
-        raise DataError(
-            f"{source}: missing column(s) {', '.join(missing)} (columns found: {available})"
-        )
-
+    _require_columns(table, required_columns(config, require_labels), source)
     table = table.copy()
     table[columns.timestamp_column] = _parse_timestamps(
         table[columns.timestamp_column], source, columns.timestamp_column
@@ -61,20 +48,48 @@ def prepare_transactions(
     for name in numeric:
         _check_numeric(table[name], source, name)
     if columns.id_column in table.columns:
-        duplicated = table[columns.id_column].duplicated()
-        if duplicated.any():
-            first = table.loc[duplicated, columns.id_column].iloc[0]
-            raise DataError(
-                f"{source}: column {columns.id_column} has {int(duplicated.sum())} "
-                f"duplicated transaction id(s), first {_shown(first)}"
-            )
+        _check_unique(table[columns.id_column], source, columns.id_column)
+    return _sorted_with_days(table, columns.timestamp_column, columns.id_column)
 
-    sort_keys = [columns.timestamp_column]
-    if columns.id_column in table.columns:
-        sort_keys.append(columns.id_column)
+
+def required_columns(config: DataConfig, require_labels: bool = True) -> list[str]:
+    """The columns a table must have: time (and label), and what the features are made of."""
+    columns = config.columns
+    needed = [columns.timestamp_column]
+    if require_labels:
+        needed.append(columns.label_column)
+    if config.engineered_features:
+        needed += [columns.customer_column, columns.terminal_column, columns.amount_column]
+    else:
+        needed += list(config.passthrough_features)
+    return list(dict.fromkeys(needed))
+
+
+def _require_columns(table: pd.DataFrame, needed: list[str], source: str) -> None:
+    missing = [name for name in needed if name not in table.columns]
+    if missing:
+        available = ", ".join(map(str, table.columns[:20]))
+        raise DataError(
+            f"{source}: missing column(s) {', '.join(missing)} (columns found: {available})"
+        )
+
+
+def _check_unique(ids: pd.Series, source: str, name: str) -> None:
+    duplicated = ids.duplicated()
+    if duplicated.any():
+        first = ids[duplicated].iloc[0]
+        raise DataError(
+            f"{source}: column {name} has {int(duplicated.sum())} duplicated transaction "
+            f"id(s), first {_shown(first)}"
+        )
+
+
+def _sorted_with_days(table: pd.DataFrame, timestamp_column: str, id_column: str) -> pd.DataFrame:
+    """Sorted by time (then id), with the day index counted from the first day's midnight."""
+    sort_keys = [timestamp_column] + ([id_column] if id_column in table.columns else [])
     table = table.sort_values(sort_keys, kind="stable").reset_index(drop=True)
-    origin = table[columns.timestamp_column].iloc[0].normalize()
-    table[DAY_COLUMN] = ((table[columns.timestamp_column] - origin) // pd.Timedelta(days=1)).astype(
+    origin = table[timestamp_column].iloc[0].normalize()
+    table[DAY_COLUMN] = ((table[timestamp_column] - origin) // pd.Timedelta(days=1)).astype(
         np.int64
     )
     return table

@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -38,19 +37,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fraud_detection.config import (
-    CHAMPION_ALIAS,
-    DEFAULT_MODEL_NAME,
-    ConfigError,
-)
+from fraud_detection.config import ApiConfig
 from fraud_detection.errors import PipelineError
-from fraud_detection.serving.follower import (
-    ModelFollower,
-    ServedModel,
-)
+from fraud_detection.serving.follower import ModelFollower, ServedModel
 from fraud_detection.serving.protocol import (
     JSON,
     RequestError,
+    ScoringInput,
     bad_request,
     parse_request,
     predictions_json,
@@ -61,7 +54,6 @@ logger = logging.getLogger(__name__)
 MODEL_VERSION_HEADER = "X-Model-Version"
 # Names the columns a request sent that the model does not take (--extra-columns warn).
 IGNORED_COLUMNS_HEADER = "X-Ignored-Columns"
-EXTRA_COLUMN_POLICIES = ("warn", "reject")
 # Column names are the client's text: only plain ones are repeated, and only a few.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _NAMES_SHOWN = 10
@@ -71,58 +63,6 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 class ServingError(PipelineError):
     """The scoring service cannot start or one of its workers died."""
-
-
-@dataclass(frozen=True)
-class ApiConfig:
-    model_uri: str = field(
-        default=f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}",
-        metadata={
-            "help": "Model to serve. models:/<name>@<alias> is followed when the alias moves; "
-            "models:/<name>/<version> or any other URI is served as it is."
-        },
-    )
-    host: str = field(
-        default="127.0.0.1",
-        metadata={"help": "Interface to listen on (0.0.0.0: every interface; think first)."},
-    )
-    port: int = field(default=8080, metadata={"help": "TCP port."})
-    workers: int = field(
-        default=1,
-        metadata={"help": "Processes answering on the port, each with its own copy of the model."},
-    )
-    poll_seconds: float = field(
-        default=10.0,
-        metadata={"help": "How often to check where the alias points; 0: never (pin at start)."},
-    )
-    max_body_bytes: int = field(
-        default=16 * 1024 * 1024,
-        metadata={"help": "Largest request body accepted (bytes); larger ones get 413."},
-    )
-    extra_columns: str = field(
-        default="warn",
-        metadata={
-            "help": "Columns the model does not take: warn (score the rest, name them in the "
-            f"{IGNORED_COLUMNS_HEADER} header, the log and /metrics) or reject (400)."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if not self.model_uri.strip():
-            raise ConfigError("--model-uri must not be empty")
-        if not 0 <= self.port <= 65_535:
-            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
-        if not 1 <= self.workers <= 64:
-            raise ConfigError(f"--workers must be between 1 and 64, got {self.workers}")
-        if self.poll_seconds < 0:
-            raise ConfigError(f"--poll-seconds must be >= 0, got {self.poll_seconds}")
-        if self.max_body_bytes < 1024:
-            raise ConfigError(f"--max-body-bytes must be at least 1024, got {self.max_body_bytes}")
-        if self.extra_columns not in EXTRA_COLUMN_POLICIES:
-            raise ConfigError(
-                f"--extra-columns must be one of {', '.join(EXTRA_COLUMN_POLICIES)}, "
-                f"got {self.extra_columns!r}"
-            )
 
 
 class ServiceMetrics:
@@ -220,29 +160,37 @@ def create_app(
     ``reject`` (400). MLflow's scoring server drops them silently, which hides upstream bugs
     such as a renamed feature arriving beside the old name.
     """
-    metrics = ServiceMetrics()
-    warned: set[tuple[str, ...]] = set()
+    service = ScoringService(follower, max_body_bytes, extra_columns)
+    return Starlette(
+        routes=[
+            Route("/invocations", service.invocations, methods=["POST"]),
+            Route("/ping", service.ping, methods=["GET"]),
+            Route("/health", service.ping, methods=["GET"]),
+            Route("/version", service.version, methods=["GET"]),
+            Route("/metrics", service.prometheus, methods=["GET"]),
+        ],
+        lifespan=service.lifespan,
+    )
 
-    async def invocations(request: Request) -> Response:
+
+class ScoringService:
+    """The routes of one worker: the model it follows, its limits and its counters."""
+
+    def __init__(self, follower: ModelFollower, max_body_bytes: int, extra_columns: str) -> None:
+        self.follower = follower
+        self.max_body_bytes = max_body_bytes
+        self.extra_columns = extra_columns
+        self.metrics = ServiceMetrics()
+        self._warned: set[tuple[str, ...]] = set()
+
+    async def invocations(self, request: Request) -> Response:
         started = time.perf_counter()
         rows = 0
         try:
-            body = await _read_body(request, max_body_bytes)
-            model = follower.current  # read once: the whole request uses this version
+            body = await _read_body(request, self.max_body_bytes)
+            model = self.follower.current  # read once: the whole request uses this version
             parsed = parse_request(body, request.headers.get("content-type"), model.schema)
-            headers = _version_header(model)
-            if parsed.extra_columns:
-                metrics.extra_column_requests += 1
-                names = _describe_columns(parsed.extra_columns)
-                if extra_columns == "reject":
-                    raise bad_request(
-                        f"the model does not take column(s) {names}; send only its "
-                        f"{len(model.schema.columns)} signature columns"
-                    )
-                headers[IGNORED_COLUMNS_HEADER] = names
-                if parsed.extra_columns not in warned and len(warned) < 1000:
-                    warned.add(parsed.extra_columns)
-                    logger.warning("Requests send columns the model ignores: %s", names)
+            headers = {**_version_header(model), **self._extra_columns(parsed, model)}
             rows = len(parsed.values)
             response = Response(
                 predictions_json(model.predict(parsed.values)), media_type=JSON, headers=headers
@@ -259,43 +207,49 @@ def create_app(
             logger.exception("Scoring failed")
             body = {"error_code": "INTERNAL_ERROR", "message": "scoring failed; see the server log"}
             response = Response(json.dumps(body).encode(), status_code=500, media_type=JSON)
-        metrics.observe(response.status_code, time.perf_counter() - started, rows)
+        self.metrics.observe(response.status_code, time.perf_counter() - started, rows)
         return response
 
-    async def ping(request: Request) -> Response:
+    def _extra_columns(self, parsed: ScoringInput, model: ServedModel) -> dict[str, str]:
+        """Apply the extra-columns policy; the response header that names them, if any."""
+        if not parsed.extra_columns:
+            return {}
+        self.metrics.extra_column_requests += 1
+        names = _describe_columns(parsed.extra_columns)
+        if self.extra_columns == "reject":
+            raise bad_request(
+                f"the model does not take column(s) {names}; send only its "
+                f"{len(model.schema.columns)} signature columns"
+            )
+        if parsed.extra_columns not in self._warned and len(self._warned) < 1000:
+            self._warned.add(parsed.extra_columns)
+            logger.warning("Requests send columns the model ignores: %s", names)
+        return {IGNORED_COLUMNS_HEADER: names}
+
+    async def ping(self, request: Request) -> Response:
         # The app exists only once a model is loaded, so answering at all means healthy.
         return Response("\n", media_type=JSON)
 
-    async def version(request: Request) -> Response:
+    async def version(self, request: Request) -> Response:
         description = {
-            **follower.current.describe(),
-            "alias": follower.target.alias if follower.target else None,
+            **self.follower.current.describe(),
+            "alias": self.follower.target.alias if self.follower.target else None,
         }
         return Response(json.dumps(description).encode(), media_type=JSON)
 
-    async def prometheus(request: Request) -> Response:
+    async def prometheus(self, request: Request) -> Response:
         return Response(
-            metrics.render(follower), media_type="text/plain; version=0.0.4; charset=utf-8"
+            self.metrics.render(self.follower),
+            media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        follower.start()
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.follower.start()
         try:
             yield
         finally:
-            follower.stop()
-
-    return Starlette(
-        routes=[
-            Route("/invocations", invocations, methods=["POST"]),
-            Route("/ping", ping, methods=["GET"]),
-            Route("/health", ping, methods=["GET"]),
-            Route("/version", version, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
+            self.follower.stop()
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

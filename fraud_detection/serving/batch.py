@@ -21,75 +21,24 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fraud_detection.config import (
-    CHAMPION_ALIAS,
-    CSV_SUFFIXES,
-    DEFAULT_MODEL_NAME,
-    PARQUET_SUFFIXES,
-    ConfigError,
-    DataConfig,
-    TransactionColumns,
-)
-from fraud_detection.data.features import (
-    WINDOW_DAYS,
-    add_features,
-)
+from fraud_detection.config import PARQUET_SUFFIXES, BatchConfig, DataConfig, TransactionColumns
+from fraud_detection.data.features import WINDOW_DAYS, add_features
+from fraud_detection.data.reading import read_chunks
 from fraud_detection.data.validation import prepare_transactions
 from fraud_detection.errors import DataError
 from fraud_detection.modelling.pyfunc import DECISION_COLUMN
-from fraud_detection.serving.follower import (
-    ModelFollower,
-    ServedModel,
-)
+from fraud_detection.serving.follower import ModelFollower, ServedModel
 
 logger = logging.getLogger(__name__)
 
 _ROW = "__row__"  # position of a row in its chunk, to put featured rows back in file order
 STAGES = ("read", "features", "predict", "write")
-
-
-@dataclass(frozen=True)
-class BatchConfig:
-    model_uri: str = field(
-        default=f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}",
-        metadata={"help": "Model to score with: models:/<name>@<alias>, models:/<name>/<version>."},
-    )
-    input: str = field(
-        default="",
-        metadata={
-            "help": "CSV or Parquet file of transactions (path or URI), in time order when "
-            "features are to be computed."
-        },
-    )
-    output: str = field(
-        default="", metadata={"help": "Where to write the scored rows (.csv or .parquet)."}
-    )
-    chunk_rows: int = field(
-        default=250_000,
-        metadata={
-            "help": "Rows read, scored and written at a time. Memory holds one chunk plus the "
-            "history window (30 + delay days of transactions)."
-        },
-    )
-    columns: TransactionColumns = field(default_factory=TransactionColumns)
-
-    def __post_init__(self) -> None:
-        if not self.input:
-            raise ConfigError("--input is required: the CSV or Parquet file to score")
-        if not self.output.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES):
-            raise ConfigError(
-                f"--output must end with .csv or .parquet, got {self.output or 'nothing'!r}"
-            )
-        if self.chunk_rows < 1:
-            raise ConfigError(f"--chunk-rows must be at least 1, got {self.chunk_rows}")
 
 
 @dataclass
@@ -309,67 +258,6 @@ class StreamingFeatures:
                 f"{row} (counting from 0) is earlier than the row before it in column "
                 f"{self.columns.timestamp_column}; sort the file by that column"
             )
-
-
-# --- files ------------------------------------------------------------------------------------
-
-
-def read_chunks(source: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Yield a CSV or Parquet file (local path or any URI MLflow can download) in chunks."""
-    with _local_file(source) as path:
-        name = path.name.lower()
-        if name.endswith(CSV_SUFFIXES):
-            yield from _csv_chunks(path, source, chunk_rows)
-        elif name.endswith(PARQUET_SUFFIXES):
-            yield from _parquet_chunks(path, source, chunk_rows)
-        else:
-            raise DataError(
-                f"{source}: unsupported file type; use {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}"
-            )
-
-
-@contextmanager
-def _local_file(source: str) -> Iterator[Path]:
-    if "://" in source and not source.startswith("file://"):
-        import mlflow
-
-        with tempfile.TemporaryDirectory() as download_dir:
-            try:
-                local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=source, dst_path=download_dir
-                )
-            except Exception as error:  # every artifact store raises its own errors
-                raise DataError(f"{source}: cannot download the data file ({error})") from error
-            yield Path(local)
-        return
-    path = Path(source.removeprefix("file://")).expanduser()
-    if not path.exists():
-        raise DataError(f"{source}: no such file")
-    if path.is_dir():
-        raise DataError(f"{source}: is a directory; pass a CSV or Parquet file")
-    yield path
-
-
-def _csv_chunks(path: Path, source: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    try:
-        with pd.read_csv(path, chunksize=chunk_rows) as reader:
-            yield from reader
-    except pd.errors.EmptyDataError as error:
-        raise DataError(f"{source}: the file is empty") from error
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{source}: not a readable CSV file ({error})") from error
-
-
-def _parquet_chunks(path: Path, source: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-        for batch in parquet.iter_batches(batch_size=chunk_rows):
-            yield batch.to_pandas()
-    except (OSError, ValueError) as error:
-        # pyarrow raises ArrowInvalid (a ValueError) or OSError for truncated/corrupt files.
-        raise DataError(f"{source}: not a readable Parquet file ({error})") from error
 
 
 class ChunkWriter:
