@@ -6,7 +6,7 @@ ifneq ($(wildcard .venv/bin/python),)
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 endif
 
-.PHONY: help install install-integration run test test-integration test-all lint format hooks dev-server ci
+.PHONY: help install install-integration run test test-integration test-all mlproject lint format hooks dev-server ci
 
 ## Create .venv and install the project with its development tools
 install:
@@ -31,6 +31,10 @@ test-integration:
 
 ## Both layers
 test-all: test test-integration
+
+## Regenerate MLproject from the config dataclasses (fraud_detection/config/parameters.py)
+mlproject:
+	python -m fraud_detection.config.mlproject
 
 ## Lint and check formatting
 lint:

@@ -25,6 +25,8 @@ from fraud_detection.config.fields import (
     flatten,
     leaves,
 )
+from fraud_detection.config.mlproject import main as mlproject_main
+from fraud_detection.config.mlproject import render
 from tests.support import PROJECT_DIR
 
 ENTRY_POINTS = {
@@ -39,6 +41,20 @@ MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "bool"}
 @pytest.fixture(scope="module")
 def mlproject() -> dict:
     return yaml.safe_load((PROJECT_DIR / "MLproject").read_text())
+
+
+def test_mlproject_is_generated_from_the_config():
+    """A stale MLproject fails here: regenerate it with `make mlproject`."""
+    assert (PROJECT_DIR / "MLproject").read_text() == render()
+
+
+def test_the_generator_reports_a_stale_file(tmp_path, capsys):
+    stale = tmp_path / "MLproject"
+    stale.write_text(render().replace("default: 600", "default: 601"))
+    assert mlproject_main(["--check", "--path", str(stale)]) == 1
+    assert "stale" in capsys.readouterr().out
+    assert mlproject_main(["--path", str(stale)]) == 0
+    assert mlproject_main(["--check", "--path", str(stale)]) == 0
 
 
 def test_entry_points(mlproject):
