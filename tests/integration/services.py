@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -374,17 +374,30 @@ def dev_server(workdir: Path, port: int | None = None) -> Iterator[TrackingServe
 
 @contextmanager
 def production_server(
-    workdir: Path, postgres: Postgres, s3: S3, name: str, proxied: bool
+    workdir: Path,
+    postgres: Postgres,
+    s3: S3,
+    name: str,
+    proxied: bool,
+    *,
+    s3_endpoint_for_server: str | None = None,
+    s3_endpoint_for_clients: str | None = None,
 ) -> Iterator[TrackingServer]:
     """deploy/production-server.sh on new PostgreSQL databases and a new S3 bucket ``name``.
 
     Proxied: artifacts go through the server, which alone holds S3 credentials. Direct: the
     server hands out s3:// locations and clients need S3 credentials and the endpoint. Clients
     sign in as a user the admin created, not as the admin.
+
+    The server reaches S3 at ``s3_endpoint_for_server`` and direct-mode clients at
+    ``s3_endpoint_for_clients`` (both default to ``s3.endpoint_url``), e.g. a `TcpProxy` in
+    front of moto that a test cuts, while the test itself still reads moto through ``s3``.
     """
     port = free_port()
     s3.create_bucket(name)
     artifacts = f"s3://{name}/artifacts"
+    server_s3 = S3(s3_endpoint_for_server or s3.endpoint_url)
+    clients_s3 = S3(s3_endpoint_for_clients or s3.endpoint_url)
     settings = {
         "MLFLOW_BACKEND_STORE_URI": postgres.create_database(f"{name}_tracking"),
         "MLFLOW_AUTH_DATABASE_URI": postgres.create_database(f"{name}_auth"),
@@ -393,7 +406,7 @@ def production_server(
         "MLFLOW_HOST": "127.0.0.1",
         # The one Host name clients use; anything else is refused.
         "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port}",
-        **s3.client_environment,
+        **server_s3.client_environment,
     }
     if proxied:
         settings["MLFLOW_ARTIFACTS_DESTINATION"] = artifacts
@@ -407,8 +420,9 @@ def production_server(
         )
         assert status == 200, body
         credentials = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": USER_PASSWORD}
-        client = credentials if proxied else {**credentials, **s3.client_environment}
-        yield TrackingServer(server.url, client)
+        client = credentials if proxied else {**credentials, **clients_s3.client_environment}
+        # The process too, so that a test can kill() this server as well.
+        yield replace(server, client_environment=client)
 
 
 def git(*args: str, cwd: Path) -> str:

@@ -10,14 +10,17 @@ import socketserver
 import threading
 from collections.abc import Iterator
 from contextlib import suppress
+from pathlib import Path
 
 import boto3
 import psycopg
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-from tests.integration.services import S3, S3_ENVIRONMENT, Postgres
+from tests.integration.services import S3, S3_ENVIRONMENT, Postgres, production_server
 from tests.integration.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = pytest.mark.slow
@@ -133,3 +136,37 @@ def test_the_proxy_cuts_an_s3_upload_midway(s3: S3) -> None:
         proxy.restore()
         client.put_object(Bucket="cut-midway", Key="small", Body=b"0")
         assert s3.keys("cut-midway") == ["small"]
+
+
+def test_a_production_server_reaches_s3_through_a_proxy(
+    tmp_path: Path, postgres: Postgres, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    artifact = tmp_path / "artifact.txt"
+    artifact.write_text("through the proxy")
+    with (
+        tcp_proxy(int(s3.endpoint_url.rsplit(":", 1)[1])) as proxy,
+        production_server(
+            tmp_path, postgres, s3, "viaproxy", proxied=True, s3_endpoint_for_server=proxy.url
+        ) as server,
+    ):
+        for name, value in server.client_environment.items():
+            monkeypatch.setenv(name, value)
+        # Fail fast, but not on the first request after a failed upload: the server closes
+        # that connection, and the client's next request on it needs one retry.
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+        client = MlflowClient(server.url)
+        run = client.create_run(client.create_experiment("via-proxy"))
+        run_id = run.info.run_id
+        client.log_artifact(run_id, str(artifact))
+        assert proxy.bytes_up > artifact.stat().st_size
+        assert any(key.endswith(f"{run_id}/artifacts/artifact.txt") for key in s3.keys("viaproxy"))
+
+        with proxy.outage():
+            with pytest.raises(MlflowException):
+                client.log_artifact(run_id, str(artifact), "during-the-cut")
+            assert client.get_run(run_id).info.run_id == run_id  # the database still answers
+        client.log_artifact(run_id, str(artifact), "after-the-cut")
+        assert [item.path for item in client.list_artifacts(run_id, "after-the-cut")] == [
+            "after-the-cut/artifact.txt"
+        ]
