@@ -18,6 +18,24 @@ from tests.support.services import S3, Postgres, moto_s3, postgres_bindir, postg
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
+    """The session's PostgreSQL, shared by every test that only needs one: never stop it (use
+    ``stoppable_postgres``)."""
+    require(postgres_bindir() is not None, "PostgreSQL", "apt-get install postgresql")
+    require_modules("psycopg")
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def stoppable_postgres() -> Iterator[Postgres]:
+    """A PostgreSQL cluster of this test's own, to stop and start (`Postgres.stop`, `start`,
+    `outage`, `down_for`).
+
+    Not the session's: an outage ends every connection to the cluster, including those that
+    other tests' servers keep in their pools, and a start that failed would fail every later
+    test with a confusing error. A cluster of its own costs about a second (initdb, start),
+    and `Postgres.outage` and `down_for` still leave it running whatever the test does.
+    """
     require(postgres_bindir() is not None, "PostgreSQL", "apt-get install postgresql")
     require_modules("psycopg")
     with postgres_cluster() as cluster:

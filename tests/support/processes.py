@@ -174,9 +174,9 @@ class BackgroundProcess:
                 raise AssertionError(f"{what} not ready after {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.25)
 
-    def stop(self, grace_s: float = 30) -> None:
-        """SIGTERM to the whole session, SIGKILL after ``grace_s``."""
-        _signal_group(self.process.pid, signal.SIGTERM)
+    def stop(self, grace_s: float = 30, signum: int = signal.SIGTERM) -> None:
+        """``signum`` (SIGTERM) to the whole session, SIGKILL after ``grace_s``."""
+        _signal_group(self.process.pid, signum)
         try:
             self.process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
@@ -186,15 +186,14 @@ class BackgroundProcess:
         _signal_group(self.process.pid, signal.SIGKILL)
 
 
-@contextmanager
-def background_process(
+def start_background_process(
     command: Sequence[str],
     log_path: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     user: str | None = None,
-) -> Iterator[BackgroundProcess]:
-    """Start ``command`` in a new session (as ``user``, if given); stop the session on exit."""
+) -> BackgroundProcess:
+    """Start ``command`` in a new session (as ``user``, if given); the caller stops it."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             list(command),
@@ -208,7 +207,19 @@ def background_process(
             group=user,
             extra_groups=[] if user else None,
         )
-    running = BackgroundProcess(process, log_path)
+    return BackgroundProcess(process, log_path)
+
+
+@contextmanager
+def background_process(
+    command: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> Iterator[BackgroundProcess]:
+    """Start ``command`` in a new session (as ``user``, if given); stop the session on exit."""
+    running = start_background_process(command, log_path, env, cwd, user)
     try:
         yield running
     finally:

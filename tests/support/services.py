@@ -12,10 +12,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from tests.support import PROJECT_DIR
 from tests.support.processes import (
@@ -26,6 +29,7 @@ from tests.support.processes import (
     http_ok,
     mlflow_environment,
     post_json,
+    start_background_process,
 )
 
 DEV_SERVER_SCRIPT = PROJECT_DIR / "deploy" / "dev-server.sh"
@@ -64,9 +68,77 @@ def postgres_bindir() -> Path | None:
     return found[-1].parent if found else None
 
 
+class _Postmaster:
+    """A cluster's server process, which can be stopped and started again on the same port and
+    data directory (so URIs and databases stay valid across an outage)."""
+
+    # How `stop` ends the server: PostgreSQL's fast and immediate shutdowns (the latter skips
+    # the checkpoint, so the next start runs crash recovery), or SIGKILL to the postmaster and
+    # every backend at once (a crash).
+    SIGNALS: ClassVar[dict[str, int]] = {
+        "fast": signal.SIGINT,
+        "immediate": signal.SIGQUIT,
+        "kill": signal.SIGKILL,
+    }
+
+    def __init__(self, command: list[str], root: Path, os_user: str | None) -> None:
+        self.command = command
+        self.root = root
+        self.os_user = os_user
+        self._lock = threading.RLock()
+        self._process: BackgroundProcess | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
+    def start(self, ready: Callable[[], bool]) -> None:
+        with self._lock:
+            if self._process is not None:
+                return
+            process = start_background_process(
+                self.command, self.root / "postgres.log", cwd=self.root, user=self.os_user
+            )
+            try:
+                process.wait_until(ready, 60, "PostgreSQL")
+            except BaseException:
+                process.stop(signum=signal.SIGINT)
+                raise
+            self._process = process
+
+    def stop(self, mode: str = "fast") -> None:
+        with self._lock:
+            if self._process is None:
+                return
+            # Backends lead sessions of their own (PostgreSQL makes them), so a crash must
+            # kill them one by one: one left alive would keep the next start from starting.
+            if mode == "kill":
+                for pid in _children(self._process.process.pid):
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            self._process.stop(grace_s=30, signum=self.SIGNALS[mode])
+            self._process = None
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            # pid (comm) state ppid ...: comm may hold spaces, so split after its ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
 @dataclass(frozen=True)
 class Postgres:
+    """A PostgreSQL server on 127.0.0.1:``port``; one of `postgres_cluster` can also be stopped
+    and started again (`stop`, `start`, `outage`, `down_for`) to test what depends on it."""
+
     port: int
+    _postmaster: _Postmaster | None = field(default=None, repr=False, compare=False)
 
     def uri(self, database: str, driver: str = "+psycopg") -> str:
         """The database's URI; with ``+psycopg`` for SQLAlchemy (MLflow), which would otherwise
@@ -84,6 +156,80 @@ class Postgres:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.uri(name)
 
+    def accepts_connections(self) -> bool:
+        return _can_connect(self)
+
+    @property
+    def running(self) -> bool:
+        return self._control().running
+
+    def stop(self, mode: str = "fast") -> None:
+        """Shut the server down and return once it has exited (then connections are refused:
+        nothing listens on the port). ``mode``: "fast" (PostgreSQL's fast shutdown: sessions
+        are ended, a checkpoint is written), "immediate" (no checkpoint, recovery at the next
+        start) or "kill" (SIGKILL to the postmaster and its backends: a crash)."""
+        self._control().stop(mode)
+
+    def start(self) -> None:
+        """Start the stopped server again (same port, same data); return once it accepts
+        connections. Does nothing if it is running."""
+        self._control().start(self.accepts_connections)
+
+    @contextmanager
+    def outage(self, mode: str = "fast") -> Iterator[None]:
+        """The server is down inside the block and running again after it, whatever happens."""
+        self.stop(mode)
+        try:
+            yield
+        finally:
+            self.start()
+
+    @contextmanager
+    def down_for(self, seconds: float, mode: str = "fast", after: float = 0.0) -> Iterator[Outage]:
+        """An outage in a background thread: ``after`` seconds from now the server stops, then
+        it starts again ``seconds`` later, while the block goes on (e.g. sending requests). On
+        leaving the block the thread is waited for and the server is running again; an error of
+        the thread is raised there. The yielded `Outage` tells when it stopped and restarted."""
+        outage = Outage(threading.Event(), threading.Event())
+
+        def run() -> None:
+            try:
+                time.sleep(after)
+                self.stop(mode)
+                outage.stopped_at = time.monotonic()
+                outage.stopped.set()
+                time.sleep(seconds)
+                self.start()
+                outage.restarted_at = time.monotonic()
+                outage.restarted.set()
+            except BaseException as error:  # noqa: BLE001 - raised again in the test's thread
+                outage.error = error
+
+        thread = threading.Thread(target=run, name="postgres-outage", daemon=True)
+        thread.start()
+        try:
+            yield outage
+        finally:
+            thread.join(timeout=after + seconds + 120)
+            self.start()
+        if outage.error is not None:
+            raise outage.error
+
+    def _control(self) -> _Postmaster:
+        assert self._postmaster is not None, "only a cluster of postgres_cluster() can stop"
+        return self._postmaster
+
+
+@dataclass
+class Outage:
+    """What `Postgres.down_for` did, and when (time.monotonic())."""
+
+    stopped: threading.Event
+    restarted: threading.Event
+    stopped_at: float | None = None
+    restarted_at: float | None = None
+    error: BaseException | None = None
+
 
 def _can_connect(postgres: Postgres) -> bool:
     import psycopg
@@ -97,7 +243,8 @@ def _can_connect(postgres: Postgres) -> bool:
 
 @contextmanager
 def postgres_cluster() -> Iterator[Postgres]:
-    """A new PostgreSQL cluster (password authentication, TCP on 127.0.0.1 only)."""
+    """A new PostgreSQL cluster (password authentication, TCP on 127.0.0.1 only), which the
+    test can stop and start again (`Postgres.stop`, `start`, `outage`, `down_for`)."""
     bindir = postgres_bindir()
     assert bindir is not None, "PostgreSQL is not installed"
     os_user = POSTGRES_OS_USER if os.geteuid() == 0 else None
@@ -126,16 +273,19 @@ def postgres_cluster() -> Iterator[Postgres]:
             timeout=120,
         )
         assert initdb.returncode == 0, initdb.stderr[-3000:]
-        postgres = Postgres(port=free_port())
+        port = free_port()
         command = [
-            *(str(bindir / "postgres"), "-D", str(root / "data"), "-p", str(postgres.port)),
+            *(str(bindir / "postgres"), "-D", str(root / "data"), "-p", str(port)),
             *("-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="),
             # A throwaway cluster: durability is not worth its fsyncs.
             *("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"),
         ]
-        with background_process(command, root / "postgres.log", cwd=root, user=os_user) as server:
-            server.wait_until(lambda: _can_connect(postgres), 60, "PostgreSQL")
+        postgres = Postgres(port, _Postmaster(command, root, os_user))
+        postgres.start()
+        try:
             yield postgres
+        finally:
+            postgres.stop("fast")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -224,17 +374,30 @@ def dev_server(workdir: Path, port: int | None = None) -> Iterator[TrackingServe
 
 @contextmanager
 def production_server(
-    workdir: Path, postgres: Postgres, s3: S3, name: str, proxied: bool
+    workdir: Path,
+    postgres: Postgres,
+    s3: S3,
+    name: str,
+    proxied: bool,
+    *,
+    s3_endpoint_for_server: str | None = None,
+    s3_endpoint_for_clients: str | None = None,
 ) -> Iterator[TrackingServer]:
     """deploy/production-server.sh on new PostgreSQL databases and a new S3 bucket ``name``.
 
     Proxied: artifacts go through the server, which alone holds S3 credentials. Direct: the
     server hands out s3:// locations and clients need S3 credentials and the endpoint. Clients
     sign in as a user the admin created, not as the admin.
+
+    The server reaches S3 at ``s3_endpoint_for_server`` and direct-mode clients at
+    ``s3_endpoint_for_clients`` (both default to ``s3.endpoint_url``), e.g. a `TcpProxy` in
+    front of moto that a test cuts, while the test itself still reads moto through ``s3``.
     """
     port = free_port()
     s3.create_bucket(name)
     artifacts = f"s3://{name}/artifacts"
+    server_s3 = S3(s3_endpoint_for_server or s3.endpoint_url)
+    clients_s3 = S3(s3_endpoint_for_clients or s3.endpoint_url)
     settings = {
         "MLFLOW_BACKEND_STORE_URI": postgres.create_database(f"{name}_tracking"),
         "MLFLOW_AUTH_DATABASE_URI": postgres.create_database(f"{name}_auth"),
@@ -243,7 +406,7 @@ def production_server(
         "MLFLOW_HOST": "127.0.0.1",
         # The one Host name clients use; anything else is refused.
         "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port}",
-        **s3.client_environment,
+        **server_s3.client_environment,
     }
     if proxied:
         settings["MLFLOW_ARTIFACTS_DESTINATION"] = artifacts
@@ -257,8 +420,9 @@ def production_server(
         )
         assert status == 200, body
         credentials = {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": USER_PASSWORD}
-        client = credentials if proxied else {**credentials, **s3.client_environment}
-        yield TrackingServer(server.url, client)
+        client = credentials if proxied else {**credentials, **clients_s3.client_environment}
+        # The process too, so that a test can kill() this server as well.
+        yield replace(server, client_environment=client)
 
 
 def git(*args: str, cwd: Path) -> str:
