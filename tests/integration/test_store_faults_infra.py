@@ -20,8 +20,8 @@ from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tests.integration.services import S3, S3_ENVIRONMENT, Postgres, production_server
-from tests.integration.tcp_proxy import TcpProxy, tcp_proxy
+from tests.support.services import S3, S3_ENVIRONMENT, Postgres, production_server
+from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = pytest.mark.slow
 
