@@ -41,7 +41,7 @@ from fraud_detection.errors import (
     LineageError,
     OutageError,
 )
-from fraud_detection.hardening.outages import diagnose
+from fraud_detection.hardening.outages import artifact_store_outage, diagnose
 
 PREFIX = "fraud."
 
@@ -157,8 +157,8 @@ def read_data_recipe(train_run: Run) -> tuple[DataConfig, SplitConfig]:
     try:
         recipe = mlflow.artifacts.load_dict(f"runs:/{run_id}/{DATA_RECIPE_ARTIFACT}")
     except Exception as error:
-        if (outage := diagnose(error)) is not None:
-            # The store is down, not the lineage broken: say which, never blame the run.
+        # The store is down, not the lineage broken: say which, never blame the run.
+        if (outage := diagnose(error) or artifact_store_outage(f"runs:/{run_id}")) is not None:
             raise OutageError(outage) from error
         raise LineageError(
             f"train run {run_id} has no {DATA_RECIPE_ARTIFACT} ({str(error).splitlines()[0][:300]})"

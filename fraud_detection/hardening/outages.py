@@ -24,6 +24,7 @@ database restart longer than 30 s fails the train step.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -202,10 +203,11 @@ def _first_line(error: BaseException) -> str:
 def _probe(url: str, request: str, symptom: str) -> Outage:
     """Which store failed behind a server that answered ``symptom`` (a 5xx) to ``url``.
 
-    The database probe is a lookup of the Default experiment (database only); the artifact
-    probe lists the artifact root (artifact store only), asked only when the failed request
-    was an artifact one, since a server may not serve artifacts at all. No retries, a short
-    timeout: a probe that gets no answer means the server itself is gone by now.
+    The database probe looks up the Default experiment (the database only; behind basic auth
+    every request reads the user from the database too); the artifact probe lists the root of
+    the proxied artifact store (the artifact store only). No retries, a short timeout: a probe
+    that gets no answer means the server itself is gone by now. Measured on the production
+    stack (PostgreSQL stopped: 503 with the driver's error; S3 cut: 500 on artifact requests).
     """
     base = _server_base(url)
     if base is None:
@@ -213,13 +215,52 @@ def _probe(url: str, request: str, symptom: str) -> Outage:
     database = _probe_status(base, _DATABASE_PROBE)
     if database is None:
         return Outage(SERVER, request, f"{symptom}, then no answer")
-    if database >= 500:
-        return Outage(DATABASE, request, symptom)
-    if _ARTIFACT_PATH in url:
+    if database[0] >= 500:
+        return Outage(DATABASE, request, _with_cause(symptom, database[1]))
+    artifacts = _probe_status(base, _ARTIFACT_PROBE)
+    if _ARTIFACT_PATH in url or (artifacts is not None and _artifact_store_failed(*artifacts)):
         return Outage(ARTIFACT_STORE, request, symptom)
-    # The database answers and the request was not an artifact one: a store that is back
-    # already, or a failure of the server's own. Either way the request may be repeated.
+    # Both stores answer: a store that is back already, or a failure of the server's own.
+    # Either way the request may be repeated.
     return Outage(SERVER_ERROR, request, symptom)
+
+
+def _artifact_store_failed(status: int, body: str) -> bool:
+    # A server started with --no-serve-artifacts refuses the probe itself: not an outage.
+    return status >= 500 and "serve-artifacts" not in body
+
+
+def _with_cause(symptom: str, body: str) -> str:
+    """``HTTP 503: (psycopg.OperationalError) connection failed...``: the message's first line."""
+    try:
+        message = json.loads(body).get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    first = message.strip().splitlines()[0][:160] if message.strip() else ""
+    return f"{symptom}: {first}" if first else symptom
+
+
+def artifact_store_outage(artifact_uri: str) -> Outage | None:
+    """The outage behind a failed download, if listing ``artifact_uri`` fails too.
+
+    MLflow reports a download its artifact store could not serve as "Failed to download
+    artifacts from path ..., please ensure that the path is correct" (RESOURCE_DOES_NOT_EXIST,
+    no cause attached), exactly as it reports a missing file. Before a step blames lineage for
+    a missing artifact it lists the folder: a listing that fails is the store's fault.
+    """
+    import mlflow.artifacts
+
+    from fraud_detection.errors import is_absent
+
+    try:
+        mlflow.artifacts.list_artifacts(artifact_uri=artifact_uri)
+    except Exception as error:  # noqa: BLE001 - any failure to list is the finding
+        if is_absent(error):
+            return None  # the run or model itself is missing: not an outage
+        return diagnose(error) or Outage(
+            ARTIFACT_STORE, artifact_uri, f"listing failed: {_first_line(error)}"
+        )
+    return None
 
 
 def _server_base(url: str) -> str | None:
@@ -231,24 +272,30 @@ def _server_base(url: str) -> str | None:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else None
 
 
-def _probe_status(base: str, endpoint: str) -> int | None:
-    """HTTP status of one GET (with the client's credentials), None if nothing answered."""
+def _probe_status(base: str, endpoint: str) -> tuple[int, str] | None:
+    """(HTTP status, body) of one GET with the client's credentials; None if nothing answered.
+
+    Asked twice: after a 500 on an artifact request the server drops the kept-alive
+    connection, and the first probe on it fails although the server is there.
+    """
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    try:
-        response = http_request(
-            get_default_host_creds(base),
-            endpoint,
-            "GET",
-            max_retries=0,
-            backoff_factor=0,
-            timeout=_PROBE_TIMEOUT_SECONDS,
-            raise_on_status=False,
-        )
-    except Exception:  # noqa: BLE001 - no answer is the finding
-        return None
-    return response.status_code
+    for _ in range(2):
+        try:
+            response = http_request(
+                get_default_host_creds(base),
+                endpoint,
+                "GET",
+                max_retries=0,
+                backoff_factor=0,
+                timeout=_PROBE_TIMEOUT_SECONDS,
+                raise_on_status=False,
+            )
+        except Exception:  # noqa: BLE001 - no answer is the finding
+            continue
+        return response.status_code, response.text[:2000]
+    return None
 
 
 # --- riding out a store outage ------------------------------------------------------------------

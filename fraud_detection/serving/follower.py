@@ -32,7 +32,7 @@ from fraud_detection.errors import (
     LineageError,
     OutageError,
 )
-from fraud_detection.hardening.outages import diagnose
+from fraud_detection.hardening.outages import artifact_store_outage, diagnose
 from fraud_detection.modelling.pyfunc import predictions_columns
 from fraud_detection.serving.fast_path import (
     SMALL_BATCH_ROWS,
@@ -105,7 +105,8 @@ def load_served_model(
         try:
             model = mlflow.pyfunc.load_model(uri, dst_path=directory)
         except MlflowException as error:
-            if (outage := diagnose(error)) is not None:
+            # MLflow reports an artifact store it cannot read as a missing file: look first.
+            if (outage := diagnose(error) or artifact_store_outage(uri)) is not None:
                 raise OutageError(outage) from error
             raise LineageError(f"cannot load model {uri}: {error.message}") from error
         try:
