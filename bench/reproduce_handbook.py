@@ -61,11 +61,11 @@ from fraud_detection.data.split import (
 )
 from fraud_detection.data.validation import prepare_transactions
 from fraud_detection.modelling.estimators import (
+    CandidateSpec,
     Scorer,
     candidate_specs,
     estimator_params,
     fit_candidate,
-    fit_scorer,
 )
 from fraud_detection.modelling.metrics import fraud_metrics
 
@@ -160,6 +160,14 @@ class BenchConfig:
             start_date=self.start_date,
             seed=self.seed,
         )
+
+
+def fit_scorer(
+    kind: str, config: ModelConfig, features: Sequence[str], frame: pd.DataFrame, label: str
+) -> Scorer:
+    """Fit an estimator of ``kind`` with ``config`` as it is (no grid, no early stopping)."""
+    fitted = fit_candidate(CandidateSpec(kind), config, features, frame, label)
+    return Scorer.from_fitted(fitted, features)
 
 
 @dataclass(frozen=True)

@@ -122,10 +122,6 @@ def step_of(run: Run) -> str | None:
     return run.data.tags.get(STEP_TAG)
 
 
-def error_of(run: Run) -> str | None:
-    return run.data.tags.get(ERROR_TAG)
-
-
 def candidate_tags(name: str) -> dict[str, str]:
     return {**step_tags(Step.CANDIDATE), CANDIDATE_TAG: name}
 

@@ -106,3 +106,10 @@ def test_every_hardening_module_says_what_it_guards_against():
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         assert "Guards against" in doc, f"{path.name}: which failure does it prevent?"
         assert "A fork may" in doc, f"{path.name}: what does a fork lose without it?"
+
+
+def test_no_test_imports_conftest():
+    """Fixtures come from conftest.py by name; shared helpers live in tests/support."""
+    for path in _modules(PROJECT_DIR / "tests"):
+        imported = [module for module in _imports(path) if "conftest" in module]
+        assert not imported, f"{path.relative_to(PROJECT_DIR)} imports {imported}"

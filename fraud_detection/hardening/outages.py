@@ -133,10 +133,6 @@ def diagnose(error: BaseException) -> Outage | None:
     return None
 
 
-def is_outage(error: BaseException) -> bool:
-    return diagnose(error) is not None
-
-
 def _chain(error: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     current: BaseException | None = error

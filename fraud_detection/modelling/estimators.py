@@ -280,14 +280,6 @@ class Scorer:
         return cls(kind, skops.io.load(path, trusted=untrusted), tuple(features))
 
 
-def fit_scorer(
-    kind: str, config: ModelConfig, features: Sequence[str], frame: pd.DataFrame, label: str
-) -> Scorer:
-    """Fit an estimator of ``kind`` with ``config`` as it is (no grid, no early stopping)."""
-    fitted = fit_candidate(CandidateSpec(kind), config, features, frame, label)
-    return Scorer.from_fitted(fitted, features)
-
-
 def feature_importance(scorer: Scorer) -> pd.Series:
     """Importance of each feature: total gain, impurity decrease or |standardised coefficient|."""
     if scorer.kind == "xgboost":

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     average_precision_score,
-    precision_recall_curve,
     roc_auc_score,
     roc_curve,
 )
@@ -83,17 +82,6 @@ def fraud_metrics(
             days, customers, labels, scores
         )
     return metrics
-
-
-def best_f1_threshold(labels: np.ndarray | pd.Series, scores: np.ndarray | pd.Series) -> float:
-    """The score threshold that maximises F1 on ``labels`` (ties: the highest threshold)."""
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    # precision/recall have one more entry than thresholds (the point recall = 0).
-    precision, recall = precision[:-1], recall[:-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    best = np.flatnonzero(f1 == f1.max())[-1]
-    return float(thresholds[best])
 
 
 def savings(

@@ -9,6 +9,9 @@ float32 one tree after the other starting from the base margin, and the logistic
 the C library's ``expf`` as XGBoost does. ``verified_walk`` builds it only for plain binary
 logistic boosters and only keeps it if it gives bit-for-bit XGBoost's own probabilities on probe
 rows built from every split threshold; otherwise the caller keeps using XGBoost.
+
+A fork may delete this module (``follower._fast_predict`` then calls XGBoost for every request):
+single-row requests lose about 0.25 ms each (``bench/serving.py``, ``docs/performance.md``).
 """
 
 from __future__ import annotations

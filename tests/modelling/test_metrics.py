@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from fraud_detection.modelling.metrics import (
-    best_f1_threshold,
     card_precision_at_k,
     fraud_metrics,
 )
@@ -139,9 +138,3 @@ def test_fraud_metrics_with_and_without_cards():
     assert metrics == {"roc_auc": 0.75, "average_precision": pytest.approx(0.8333333)}
     with_cards = fraud_metrics(labels, scores, days=[0, 0, 0, 0], customers=[1, 2, 3, 4])
     assert with_cards["card_precision_at_100"] == pytest.approx(0.02)
-
-
-def test_best_f1_threshold():
-    labels = np.array([0, 0, 0, 1, 1])
-    scores = np.array([0.1, 0.2, 0.6, 0.7, 0.9])
-    assert best_f1_threshold(labels, scores) == 0.7

@@ -10,11 +10,12 @@ from fraud_detection.data.features import (
     add_features,
 )
 from fraud_detection.modelling.estimators import (
+    CandidateSpec,
     Scorer,
     build_estimator,
     estimator_params,
     feature_importance,
-    fit_scorer,
+    fit_candidate,
 )
 from tests.support.pipeline import tiny_simulation
 
@@ -28,7 +29,10 @@ def featurised():
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
 def test_every_kind_fits_scores_and_reloads_identically(kind, featurised, tmp_path):
-    scorer = fit_scorer(kind, CONFIG, FEATURE_COLUMNS, featurised, "TX_FRAUD")
+    scorer = Scorer.from_fitted(
+        fit_candidate(CandidateSpec(kind), CONFIG, FEATURE_COLUMNS, featurised, "TX_FRAUD"),
+        FEATURE_COLUMNS,
+    )
     probabilities = scorer.predict_proba(featurised)
     assert probabilities.shape == (len(featurised),)
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
