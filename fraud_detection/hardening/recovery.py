@@ -131,6 +131,8 @@ def _apply(record: dict) -> bool:
             delete_version_unless_aliased(client, record["model"], record["version"])
         elif kind == "version_tags":
             restore_version_tags(client, record["model"], record["version"], record["tags"])
+        elif kind == "version_description":
+            client.update_model_version(record["model"], record["version"], record["description"])
         elif kind == "registered_model":
             delete_empty_registered_model(client, record["model"])
         elif kind == "promotion_lock":

@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 
-import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -116,10 +115,10 @@ class RegistryChange:
         finish()
         self._committed = True
 
-    def ensure_registered_model(self) -> None:
+    def ensure_registered_model(self, description: str) -> None:
         """Create the registered model unless it exists (undo: delete it, if still empty)."""
         try:
-            self.client.create_registered_model(self.name)
+            self.client.create_registered_model(self.name, description=description)
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -132,10 +131,21 @@ class RegistryChange:
             )
         )
 
-    def create_version(self, model_id: str, tags: dict[str, str]) -> str:
-        """Register ``models:/<model_id>`` with ``tags`` (part of the creation call, so the
-        version never exists without them); undo: delete the version."""
-        version = str(mlflow.register_model(f"models:/{model_id}", self.name, tags=tags).version)
+    def create_version(
+        self, model_id: str, run_id: str, tags: dict[str, str], description: str
+    ) -> str:
+        """Register logged model ``model_id`` (of run ``run_id``) with ``tags`` and
+        ``description``, both part of the creation call: the version never exists without
+        them. Undo: delete the version."""
+        created = self.client.create_model_version(
+            self.name,
+            source=f"models:/{model_id}",
+            run_id=run_id,
+            tags=tags,
+            description=description,
+            model_id=model_id,
+        )
+        version = str(created.version)
         self._undos.append(
             _Undo(
                 f"delete {self.name} version {version}",
@@ -157,6 +167,23 @@ class RegistryChange:
         self._undos.append(undo)  # before writing: a half-done write is undone too
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, number, key, value)
+
+    def set_version_description(self, version: ModelVersion, description: str) -> None:
+        """Describe an existing version anew; undo: put back its description."""
+        number, before = str(version.version), version.description or ""
+        self._undos.append(
+            _Undo(
+                f"restore the description of {self.name} version {number}",
+                {
+                    "kind": "version_description",
+                    "model": self.name,
+                    "version": number,
+                    "description": before,
+                },
+                lambda: self.client.update_model_version(self.name, number, before),
+            )
+        )
+        self.client.update_model_version(self.name, number, description)
 
     def move_alias(
         self, alias: str, version: str, expected_before: str | _Unchecked | None = UNCHECKED

@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import mlflow
@@ -202,15 +203,38 @@ def _evaluate_predictions(
         if isinstance(data, PandasDataset)
         else {"targets": context.label, "predictions": DECISION_COLUMN}
     )
-    return mlflow.models.evaluate(
-        data=data,
-        model_type="classifier",
-        **columns,
-        model_id=model_id,
-        extra_metrics=context.metrics(),
-        custom_artifacts=[plot] if plot else None,
-        evaluator_config=_evaluator_config(prefix, context.col_mapping),
-    )
+    with _without_model_type_hint():
+        return mlflow.models.evaluate(
+            data=data,
+            model_type="classifier",
+            **columns,
+            model_id=model_id,
+            extra_metrics=context.metrics(),
+            custom_artifacts=[plot] if plot else None,
+            evaluator_config=_evaluator_config(prefix, context.col_mapping),
+        )
+
+
+class _ModelTypeHintFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "the model type looks like None" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_model_type_hint() -> Iterator[None]:
+    """Drop MLflow's one warning that our 0/1 labels make the model type "look like None".
+
+    MLflow 3.17's classifier evaluator takes only category, string and boolean label columns
+    for classification labels; integer 0/1 labels, the usual binary encoding and this
+    template's, read as neither, and every evaluation warned (a user can do nothing about it).
+    """
+    hint = _ModelTypeHintFilter()
+    evaluator_logger = logging.getLogger("mlflow.models.evaluation.evaluators.classifier")
+    evaluator_logger.addFilter(hint)
+    try:
+        yield
+    finally:
+        evaluator_logger.removeFilter(hint)
 
 
 def _evaluate_champion(

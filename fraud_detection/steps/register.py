@@ -47,6 +47,15 @@ logger = logging.getLogger(__name__)
 PROMOTED = "promoted"
 NOT_PROMOTED = "not promoted"
 AWAITING_APPROVAL = "awaiting approval"
+# What the registry page says about the model (FIXME(fork): describe your model).
+MODEL_DESCRIPTION = (
+    "Credit-card fraud detector (fraud-detection MLflow Project template). Input: one row of "
+    "the model's feature columns per transaction (see the signature); output: "
+    "fraud_probability and is_fraud, the decision at the threshold tuned to save the most "
+    "money. @champion is the version that serves, @challenger the newest candidate. Each "
+    "version's tags record its lineage (train and evaluate runs, data fingerprint, git "
+    "commit), its gate and why it was or was not promoted."
+)
 
 
 @dataclass(frozen=True)
@@ -109,7 +118,7 @@ def _register(client: MlflowClient, config: RegisterConfig, change: RegistryChan
         {contract.EVALUATE_RUN_TAG: evaluation.run_id, contract.MODEL_ID_TAG: evaluation.model_id}
     )
     name = config.model_name
-    change.ensure_registered_model()
+    change.ensure_registered_model(MODEL_DESCRIPTION)
     current = alias_version(client, name, CHAMPION_ALIAS)
     version = _existing_version(client, name, trained.run_id, evaluation.model_id)
     already_champion = version is not None and current == str(version.version)
@@ -129,7 +138,12 @@ def _register(client: MlflowClient, config: RegisterConfig, change: RegistryChan
         trained, evaluation, decision.label, decision.reason, current if replaces else None
     )
     if version is None:
-        number = change.create_version(evaluation.model_id, record.tags(RANKING_METRICS))
+        number = change.create_version(
+            evaluation.model_id,
+            trained.run_id,
+            record.tags(RANKING_METRICS),
+            _version_description(decision, evaluation),
+        )
     else:
         number = str(version.version)
         logger.info("Model %s is already version %s: reusing it", evaluation.model_id, number)
@@ -145,6 +159,18 @@ def _register(client: MlflowClient, config: RegisterConfig, change: RegistryChan
         )
         report += f". To promote it after review: {command}"
     return report
+
+
+def _version_description(decision: Decision, evaluation: Evaluation) -> str:
+    metrics = ", ".join(
+        f"{name} {evaluation.test_metrics[name]:.3f}"
+        for name in RANKING_METRICS
+        if name in evaluation.test_metrics
+    )
+    return (
+        f"{decision.label.capitalize()}: {decision.reason}. On its test window: {metrics}. "
+        f"Trained in run {evaluation.train_run_id}, evaluated in run {evaluation.run_id}."
+    )
 
 
 def _approve(client: MlflowClient, config: RegisterConfig, change: RegistryChange) -> str:
@@ -173,6 +199,11 @@ def _approve(client: MlflowClient, config: RegisterConfig, change: RegistryChang
             **({contract.PREVIOUS_CHAMPION_TAG: current} if current else {}),
         },
     )
+    change.set_version_description(
+        version,
+        f"Promoted on approval by {stamp['by']} ({stamp['at']}): {stamp['why']}. "
+        + (version.description or ""),
+    )
     mlflow.set_tags({contract.VERSION_TAG: number, contract.DECISION_TAG: PROMOTED})
     change.move_alias(CHAMPION_ALIAS, number, expected_before=current)
     return f"{name} version {number} approved by {stamp['by']} and promoted (was {current})"
@@ -194,6 +225,16 @@ def _rollback(client: MlflowClient, config: RegisterConfig, change: RegistryChan
     stamp = _who_when_why(config.reason)
     change.set_version_tags(current_version, contract.stamped("rolled_back", stamp))
     change.set_version_tags(previous_version, {contract.RESTORED_AT_TAG: stamp["at"]})
+    change.set_version_description(
+        current_version,
+        f"Rolled back by {stamp['by']} ({stamp['at']}): {stamp['why']}. "
+        + (current_version.description or ""),
+    )
+    change.set_version_description(
+        previous_version,
+        f"Champion again since {stamp['at']}, when version {current} was rolled back. "
+        + (previous_version.description or ""),
+    )
     mlflow.set_tags(
         {
             contract.VERSION_TAG: previous,

@@ -6,6 +6,8 @@ interpreter) and MLflow's scoring server on a free loopback port.
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,8 +36,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def pipeline_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
-    """A copy of the project, and a tracking store where `mlflow run` ran its main entry point."""
+def pipeline_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, str, subprocess.CompletedProcess]]:
+    """A copy of the project, a tracking store where `mlflow run` ran its main entry point, and
+    what the command printed."""
     root = tmp_path_factory.mktemp("e2e")
     project = copy_project(root / "project")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -45,14 +50,33 @@ def pipeline_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
         project, mlflow_environment(uri), "--experiment-name", "fraud-detection", **SMALL_RUN
     )
     assert_succeeded(result)
-    yield project, uri
+    yield project, uri, result
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def pipeline_store(pipeline_run) -> tuple[Path, str]:
+    project, uri, _ = pipeline_run
+    return project, uri
 
 
 def test_mlflow_run_ends_with_a_champion_that_scores(pipeline_store):
     _, uri = pipeline_store
     assert_pipeline_finished(MlflowClient(tracking_uri=uri))
     assert_champion_scores(uri)
+
+
+def test_the_run_prints_no_warning_a_user_cannot_act_on(pipeline_run):
+    """Warnings of the template itself (``fraud_detection``) say what to change; no other
+    library's warning may reach the user (MLflow's, scikit-learn's, pandas')."""
+    _, _, result = pipeline_run
+    output = result.stdout + result.stderr
+    foreign = [
+        line
+        for line in output.splitlines()
+        if re.search(r"\bWARNING\b(?! fraud_detection)|Warning:", line)
+    ]
+    assert foreign == []
 
 
 def test_step_launched_without_an_experiment_lands_in_the_pipeline_experiment(pipeline_store):
