@@ -281,13 +281,19 @@ class Scorer:
 
 
 def feature_importance(scorer: Scorer) -> pd.Series:
-    """Importance of each feature: total gain, impurity decrease or |standardised coefficient|."""
+    """Importance of each feature: XGBoost's total gain, a forest's impurity decrease, or a
+    linear model's |coefficient| on standardised features. Empty for an estimator that has
+    none of these (the model card then says so)."""
+    estimator = scorer.estimator
+    final = estimator[-1] if hasattr(estimator, "steps") else estimator
     if scorer.kind == "xgboost":
-        gains = scorer.estimator.get_score(importance_type="total_gain")
+        gains = estimator.get_score(importance_type="total_gain")
         # The booster names features f0, f1, ... (it was fitted on a matrix).
         values = [gains.get(f"f{index}", 0.0) for index in range(len(scorer.features))]
-    elif scorer.kind == "random_forest":
-        values = scorer.estimator.feature_importances_
+    elif hasattr(final, "feature_importances_"):
+        values = final.feature_importances_
+    elif hasattr(final, "coef_"):
+        values = np.abs(np.ravel(final.coef_))
     else:
-        values = np.abs(scorer.estimator[-1].coef_[0])
+        return pd.Series(dtype=float)
     return pd.Series(values, index=list(scorer.features), dtype=float).sort_values()

@@ -67,8 +67,12 @@ def savings_figure(
 def feature_importance_figure(importance: pd.Series) -> Figure:
     figure = Figure(figsize=(6.0, 0.3 * len(importance) + 1.0), layout="constrained")
     axes = figure.subplots()
-    axes.barh(importance.index, importance.to_numpy())
     axes.set_title("Feature importance (candidate)")
+    if importance.empty:
+        axes.text(0.5, 0.5, "not available for this kind of model", ha="center", va="center")
+        axes.set_axis_off()
+        return figure
+    axes.barh(importance.index, importance.to_numpy())
     return figure
 
 
