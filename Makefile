@@ -19,7 +19,7 @@ install-integration: install
 
 ## Run the whole pipeline in the current environment
 run:
-	mlflow run . --env-manager local
+	mlflow run . --env-manager local --experiment-name fraud-detection
 
 ## The fast test layer (unit and in-process step tests)
 test:
