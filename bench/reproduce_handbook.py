@@ -483,9 +483,35 @@ def run_benchmark(config: BenchConfig) -> str:
         mlflow.log_dict(figures, "prequential_test_means.json")
         logger.info("MLflow run %s", benchmark.info.run_id)
     if config.out:
-        Path(config.out).write_text(json.dumps(figures, indent=2) + "\n")
-        logger.info("Wrote %s", config.out)
+        out = Path(config.out)
+        out.write_text(json.dumps(figures, indent=2) + "\n")
+        # Everything the report prints, for the figures docs/ quotes beyond the test means.
+        details = out.with_name(out.stem + ".details.json")
+        details.write_text(json.dumps(_details(data, results, elapsed), indent=2) + "\n")
+        logger.info("Wrote %s and %s", out, details)
     return report
+
+
+def _details(
+    data: Data, results: dict[str, dict[str, list[dict[str, float]]]], elapsed: float
+) -> dict[str, Any]:
+    """Per-fold metrics of every row and role, their mean and std, the data and its speed."""
+    summary = {
+        name: {
+            role: dict(zip(("mean", "std"), _summary(per_fold), strict=True))
+            for role, per_fold in per_role.items()
+        }
+        for name, per_role in results.items()
+    }
+    return {
+        "rows": summary,
+        "folds": results,
+        "data": data.statistics,
+        "speed": data.speed,
+        "peak_memory_bytes": _peak_memory_bytes(),
+        "cores": os.cpu_count(),
+        "benchmark_seconds": round(elapsed, 1),
+    }
 
 
 def _run_row(
