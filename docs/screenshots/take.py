@@ -89,7 +89,7 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 CHROMIUM_INSTALL = "apt-get install chromium"
 WINDOW = (1440, 900)
 # A rendered page has far more colours than this (text is anti-aliased); a blank one has 1-2.
-MIN_COLOURS = 64
+MIN_COLOURS = 256
 PIPELINE_TIMEOUT_S = 1800
 SERVER_TIMEOUT_S = 180
 PAGE_TIMEOUT_S = 60
@@ -112,6 +112,9 @@ CHROMIUM_FLAGS = (
 )
 # MLflow's UI marks what is still loading with these (its design system's spinner and
 # skeleton placeholders).
+# Chromium's temporary profile: a new folder each time, named so, removed when it stops.
+CHROMIUM_PROFILE_PREFIX = "screenshots-chromium-"
+SHORT_PATH = 40
 # Runs Chromium (argv[3:]) with the pipe ends argv[1] and argv[2] as its fds 3 and 4.
 FDS_3_AND_4 = (
     "import os, sys; reader, writer = int(sys.argv[1]), int(sys.argv[2]);"
@@ -384,7 +387,12 @@ class Browser:
 
     def __init__(self, executable: str, log: Path, window: tuple[int, int]) -> None:
         self.window = window
-        self.profile = tempfile.mkdtemp(prefix="screenshots-chromium-")
+        # Chromium puts a socket in its TMPDIR and dies if the socket's path is longer than
+        # a socket address allows (108 bytes): its profile, and its TMPDIR, go to a short path.
+        root = tempfile.gettempdir()
+        if len(root) > SHORT_PATH and os.path.isdir("/tmp"):
+            root = "/tmp"
+        self.profile = tempfile.mkdtemp(prefix=CHROMIUM_PROFILE_PREFIX, dir=root)
         # Chromium reads commands from its fd 3 and writes to its fd 4: the pipes' child ends
         # are moved above the usual descriptors, and a trampoline puts them on 3 and 4.
         reader, self._commands = os.pipe()
@@ -407,6 +415,7 @@ class Browser:
                 self.process = subprocess.Popen(
                     [*trampoline, *command],
                     pass_fds=(child_reader, child_writer),
+                    env={**os.environ, "TMPDIR": self.profile},
                     stdin=subprocess.DEVNULL,
                     stdout=output,
                     stderr=subprocess.STDOUT,
@@ -582,9 +591,9 @@ EXPAND_BUTTON = '[data-component-id*="runnamecellrenderer"]'
 # to read the runs' names (a candidate's name is its settings) and their Source.
 COLUMN_WIDTHS = {
     "attributes.`Models`": 160,
-    "attributes.`Dataset`": 195,
+    "attributes.`Dataset`": 185,
     "runDateAndNestInfo": 135,  # Created
-    "attributes.`Source`": 170,
+    "attributes.`Source`": 180,
     "attributes.`Run Name`": 370,
 }
 # Shown in the Model training view of MLflow's sidebar (the GenAI view is the default of a new
