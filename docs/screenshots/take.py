@@ -1,7 +1,7 @@
 """Take the README's screenshots of the MLflow UI: what a newcomer sees after the quick start.
 
     python docs/screenshots/take.py              # the quick start's default run (about 4 min)
-    python docs/screenshots/take.py --small      # small data, no sweep (about 2 min)
+    python docs/screenshots/take.py --small      # small data, no sweep (about 1.5 min)
     make screenshots
 
 Steps, each as a user would do it:
@@ -52,8 +52,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
 from PIL import Image
+
+# mlflow is imported once main() has turned its telemetry off (MLflow starts its telemetry
+# client when it is imported): see _client.
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPOSITORY / "docs" / "images"
@@ -90,6 +92,13 @@ CHROMIUM_INSTALL = "apt-get install chromium"
 WINDOW = (1440, 900)
 # A rendered page has far more colours than this (text is anti-aliased); a blank one has 1-2.
 MIN_COLOURS = 256
+# For every MLflow process, this one included: no telemetry (MLflow 3 sends it to its own host
+# otherwise), and no job runner for GenAI features in `mlflow ui`.
+QUIET = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
 PIPELINE_TIMEOUT_S = 1800
 SERVER_TIMEOUT_S = 180
 PAGE_TIMEOUT_S = 60
@@ -108,10 +117,10 @@ CHROMIUM_FLAGS = (
     "--disable-default-apps",
     "--hide-scrollbars",
     "--mute-audio",
+    # No name resolves but 127.0.0.1's: the pages cannot reach anything else.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
     "--remote-debugging-pipe",
 )
-# MLflow's UI marks what is still loading with these (its design system's spinner and
-# skeleton placeholders).
 # Chromium's temporary profile: a new folder each time, named so, removed when it stops.
 CHROMIUM_PROFILE_PREFIX = "screenshots-chromium-"
 SHORT_PATH = 40
@@ -121,6 +130,8 @@ FDS_3_AND_4 = (
     " os.dup2(reader, 3); os.dup2(writer, 4); os.close(reader); os.close(writer);"
     " os.execv(sys.argv[3], sys.argv[3:])"
 )
+# MLflow's UI marks what is still loading with these (its design system's spinner and
+# skeleton placeholders).
 LOADING_SELECTOR = '[class*="spin-spinning"], [class*="skeleton"]'
 
 
@@ -148,11 +159,7 @@ def quiet_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
         "MLFLOW_EXPERIMENT_ID",
     ):
         env.pop(name, None)
-    env.update(
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DO_NOT_TRACK="true",
-        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
-    )
+    env.update(QUIET)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -315,8 +322,15 @@ class Pipeline:
         return [self.main_run, *self.step_runs.values(), *self.candidates]
 
 
+def _client(tracking_uri: str):
+    os.environ.update(QUIET)  # before mlflow is first imported (main() has done it already)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
 def find_pipeline(tracking_uri: str) -> Pipeline:
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = _client(tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         raise ScreenshotError(f"no experiment {EXPERIMENT!r} in {tracking_uri}")
@@ -343,15 +357,11 @@ def find_pipeline(tracking_uri: str) -> Pipeline:
         if not found:
             raise ScreenshotError(f"the pipeline run {main.info.run_id} has no {step} run")
         steps[step] = found[0]
-    model = client.get_registered_model(MODEL)
-    if "champion" not in model.aliases:
-        raise ScreenshotError(f"{MODEL} has no @champion")
+    models = client.search_registered_models(f"name = '{MODEL}'")
+    if not models or "champion" not in models[0].aliases:
+        raise ScreenshotError(f"no registered model {MODEL} with a @champion in {tracking_uri}")
+    model = models[0]
     versions = [v.version for v in client.search_model_versions(f"name = '{MODEL}'")]
-    # MLflow 3.17's UI opens an experiment without a kind on its GenAI pages. The pipeline does
-    # not set the kind yet, so this script does, as the project will:
-    client.set_experiment_tag(
-        experiment.experiment_id, "mlflow.experimentKind", "custom_model_development"
-    )
     return Pipeline(
         experiment_id=experiment.experiment_id,
         main_run=main,
@@ -359,6 +369,16 @@ def find_pipeline(tracking_uri: str) -> Pipeline:
         candidates=child("candidate", steps["train"]),
         champion_version=str(model.aliases["champion"]),
         versions=sorted(map(str, versions), key=int),
+    )
+
+
+def set_experiment_kind(tracking_uri: str, experiment_id: str) -> None:
+    """Tag the experiment as holding training runs (not GenAI traces) for MLflow's UI. The
+    pipeline does not set this tag yet, so this script does, as the project will. (In MLflow
+    3.17.2 a new browser still opens the GenAI view, whatever the kind: see MACHINE_LEARNING.)
+    """
+    _client(tracking_uri).set_experiment_tag(
+        experiment_id, "mlflow.experimentKind", "custom_model_development"
     )
 
 
@@ -471,6 +491,14 @@ class Browser:
         raw, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(raw)
 
+    def requested_urls(self) -> set[str]:
+        """Every URL the pages have requested (Network.enable in new_page)."""
+        return {
+            event["params"]["request"]["url"]
+            for event in self.events
+            if event.get("method") == "Network.requestWillBeSent"
+        }
+
     def new_page(self) -> Page:
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
@@ -484,6 +512,7 @@ class Browser:
         )
         page.send("Page.enable")
         page.send("Runtime.enable")
+        page.send("Network.enable")
         page.send(
             "Target.setAutoAttach",
             {"autoAttach": True, "waitForDebuggerOnStart": False, "flatten": True},
@@ -596,8 +625,10 @@ COLUMN_WIDTHS = {
     "attributes.`Source`": 180,
     "attributes.`Run Name`": 370,
 }
-# Shown in the Model training view of MLflow's sidebar (the GenAI view is the default of a new
-# browser, whatever the experiment's kind).
+# The pages in the "Model training" view of MLflow's sidebar. MLflow 3.17.2 keeps the choice
+# between it and "GenAI" in the browser (localStorage), GenAI by default: a new browser opens an
+# experiment on its GenAI overview (traces, token usage) even when the experiment's kind says
+# custom_model_development. This URL parameter is the switch a user clicks.
 MACHINE_LEARNING = "workflowType=machine_learning"
 
 
@@ -611,8 +642,8 @@ def settle(page: Page) -> None:
 
 
 def runs_page(page: Page, base: str, pipeline: Pipeline) -> None:
-    # Oldest first: the pipeline reads top-down (main, train and its candidates, evaluate,
-    # register).
+    # Oldest first (MLflow's default is newest first): the pipeline then reads top-down, main,
+    # train and its candidates, evaluate, register.
     page.navigate(
         f"{base}#/experiments/{pipeline.experiment_id}/runs?{MACHINE_LEARNING}"
         "&orderByKey=attributes.start_time&orderByAsc=true"
@@ -754,6 +785,13 @@ def take_screenshots(
             path = out / name
             path.write_bytes(data)
             written.append(path)
+        elsewhere = sorted(
+            url
+            for url in browser.requested_urls()
+            if url.startswith(("http:", "https:", "ws:", "wss:")) and not url.startswith(base)
+        )
+        if elsewhere:  # blocked by --host-resolver-rules; said, in case a page misses them
+            print("note: the pages asked for (and did not get):", *elsewhere, sep="\n  ")
     finally:
         browser.close()
     return written
@@ -794,6 +832,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
+    os.environ.update(QUIET)
     try:
         chromium = find_chromium(args.chromium)
     except ChromiumMissingError as error:
@@ -803,7 +842,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     project = work / PROJECT_FOLDER
-    keep = args.workdir is not None
+    done = False
     try:
         if args.reuse and (project / "mlflow.db").exists():
             print(f"reusing the store in {project}")
@@ -814,18 +853,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"running the quick start in {project} ({source}) ...", flush=True)
             seconds = run_quick_start(project, work / "pipeline.log", args.small)
             print(f"pipeline done in {seconds:.0f} s")
-        pipeline = find_pipeline(f"sqlite:///{project / 'mlflow.db'}")
+        tracking_uri = f"sqlite:///{project / 'mlflow.db'}"
+        pipeline = find_pipeline(tracking_uri)
+        set_experiment_kind(tracking_uri, pipeline.experiment_id)
         args.out.mkdir(parents=True, exist_ok=True)
         with mlflow_ui(project, work / "mlflow-ui.log") as base:
             print(f"mlflow ui answers on {base}")
             written = take_screenshots(base, pipeline, chromium, args.out, work, WINDOW)
-    except ScreenshotError as error:
-        keep = True
-        print(f"error: {error}\n(work folder kept: {work})", file=sys.stderr)
+        done = True
+    except (ScreenshotError, subprocess.CalledProcessError) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        if not keep:
+        if done and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+        elif not done:
+            print(f"(work folder kept, with the logs: {work})", file=sys.stderr)
     for path in written:
         print(f"wrote {path}")
     print(f"done in {time.monotonic() - started:.0f} s")
