@@ -6,7 +6,7 @@ ifneq ($(wildcard .venv/bin/python),)
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 endif
 
-.PHONY: help install install-integration run test test-integration test-all mlproject lint format hooks dev-server ci
+.PHONY: help install install-integration run test test-integration test-all mlproject lint format hooks dev-server screenshots ci
 
 ## Create .venv and install the project with its development tools
 install:
@@ -53,6 +53,10 @@ hooks:
 ## Start the development tracking server on http://127.0.0.1:5000 (deploy/dev-server.sh)
 dev-server:
 	deploy/dev-server.sh
+
+## Retake the README's MLflow UI screenshots in docs/images/ (needs Chromium: apt-get install chromium)
+screenshots:
+	python docs/screenshots/take.py
 
 ## Run CI as it runs on a clean clone (.ci/run)
 ci:

@@ -1,10 +1,12 @@
 """The files around the code stay true: the CI workflow and Compose file against their schemas,
-the pre-commit config, the Makefile, the server scripts' checks, the forking guide's table and
-its FIXME grep line, and the server packages that pyproject and the Compose file both name.
+the pre-commit config, the Makefile, the server scripts' checks, the screenshot script's check
+for Chromium, the forking guide's table and its FIXME grep line, and the server packages that
+pyproject and the Compose file both name.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -157,3 +159,18 @@ def test_compose_image_installs_the_server_extra():
         re.findall(r'"([^"]+)"', next(line for line in dockerfile.splitlines() if "pip" in line))
     )
     assert installed == _server_extra()
+
+
+def test_screenshot_script_names_the_install_command_when_chromium_is_missing(tmp_path):
+    # Checked before anything is started: nothing is run, nothing is written.
+    out = tmp_path / "images"
+    result = _run(
+        sys.executable,
+        "docs/screenshots/take.py",
+        "--out",
+        str(out),
+        env={**os.environ, "PATH": str(tmp_path)},
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "apt-get install chromium" in result.stderr
+    assert not out.exists()
