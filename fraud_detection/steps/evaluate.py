@@ -521,7 +521,10 @@ def _model_card(
     described = test.prepared.split.describe()
     transactions = test.prepared.transactions
     return ModelCard(
-        title=f"Fraud model {trained.model_id}",
+        title=(
+            f"Fraud model card: {settings['model_kind']} trained on "
+            f"{described['train_first_day']} .. {described['train_last_day']}"
+        ),
         lineage={
             "model": f"models:/{trained.model_id}",
             "train run": trained.run_id,
