@@ -16,9 +16,9 @@ import psutil
 import pytest
 from PIL import Image
 
-from tests.conftest import PROJECT_DIR
-from tests.helpers import run_command
-from tests.integration.conftest import require
+from tests.support import PROJECT_DIR
+from tests.support.processes import run_command
+from tests.support.requirements import require
 
 pytestmark = pytest.mark.slow
 
