@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,9 +114,7 @@ def score_file(model: ServedModel, config: BatchConfig) -> BatchReport:
                 predictions = model.predict(values)
                 report.seconds["predict"] += time.perf_counter() - started
                 started = time.perf_counter()
-                scored = ready.reset_index(drop=True)
-                for name, column in predictions.items():
-                    scored[name] = column
+                scored = _with_predictions(ready.reset_index(drop=True), predictions)
                 writer.write(scored)
                 report.seconds["write"] += time.perf_counter() - started
                 report.rows += len(scored)
@@ -127,6 +126,20 @@ def score_file(model: ServedModel, config: BatchConfig) -> BatchReport:
         started = time.perf_counter()
     report.seconds["write"] += time.perf_counter() - started  # closing and renaming the file
     return report
+
+
+def output_column(name: str, input_columns: pd.Index) -> str:
+    """Where the model's output ``name`` goes in the scored file: its own name, or
+    ``predicted_<name>`` when the input has a column of that name (a label column called
+    ``is_fraud``, say), which is kept as it is."""
+    return f"predicted_{name}" if name in input_columns else name
+
+
+def _with_predictions(rows: pd.DataFrame, predictions: Mapping[str, np.ndarray]) -> pd.DataFrame:
+    scored = rows.copy(deep=False)
+    for name, column in predictions.items():
+        scored[output_column(str(name), rows.columns)] = column
+    return scored
 
 
 def _feature_values(

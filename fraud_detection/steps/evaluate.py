@@ -61,6 +61,10 @@ from fraud_detection.tracking import find_step_run, step_run
 
 logger = logging.getLogger(__name__)
 
+# The model's outputs, as columns of the evaluation frame: named apart from any column of the
+# user's data (a label column called is_fraud, the model's own decision column, is common).
+SCORE_COLUMN = "__model_fraud_probability__"
+DECISION_EVALUATED = "__model_decision__"
 # MetricThreshold only compares with a strictly positive min_absolute_change; "no worse than the
 # champion, within tolerance" is expressed by lowering the baseline by tolerance + 2 * EPSILON
 # and requiring a change of EPSILON (so equal metrics pass).
@@ -177,12 +181,12 @@ def _test_dataset(
     columns = list(dict.fromkeys([*features, label, *context.extra_columns]))
     return pandas_dataset(
         test.rows[columns].assign(
-            **{PROBABILITY_COLUMN: candidate.probabilities, DECISION_COLUMN: candidate.decisions}
+            **{SCORE_COLUMN: candidate.probabilities, DECISION_EVALUATED: candidate.decisions}
         ),
         test.prepared.transactions.source,
         name="transactions-test",
         label=label,
-        predictions=DECISION_COLUMN,
+        predictions=DECISION_EVALUATED,
     )
 
 
@@ -201,7 +205,7 @@ def _evaluate_predictions(
     columns = (
         {}
         if isinstance(data, PandasDataset)
-        else {"targets": context.label, "predictions": DECISION_COLUMN}
+        else {"targets": context.label, "predictions": DECISION_EVALUATED}
     )
     with _without_model_type_hint():
         return mlflow.models.evaluate(
@@ -246,8 +250,8 @@ def _evaluate_champion(
     result = _evaluate_predictions(
         frame.assign(
             **{
-                PROBABILITY_COLUMN: champion.scored.probabilities,
-                DECISION_COLUMN: champion.scored.decisions,
+                SCORE_COLUMN: champion.scored.probabilities,
+                DECISION_EVALUATED: champion.scored.decisions,
             }
         ),
         champion.model_id,
@@ -330,14 +334,14 @@ class _MetricContext:
         self.amounts = test[columns.amount_column].to_numpy(dtype=np.float64)
         self.review_cost = float(review_cost)
         self.has_cards = columns.customer_column in test.columns
-        self.col_mapping = {"amounts": columns.amount_column}
+        self.col_mapping = {"amounts": columns.amount_column, "fraud_probability": SCORE_COLUMN}
         self.extra_columns = [columns.amount_column]
         if self.has_cards:
             self.col_mapping |= {"days": DAY_COLUMN, "cards": columns.customer_column}
             self.extra_columns += [DAY_COLUMN, columns.customer_column]
 
     def metrics(self) -> list:
-        """The fraud metrics as MLflow custom metrics (``fraud_probability`` is a data column).
+        """The fraud metrics as MLflow custom metrics (``fraud_probability`` comes by col_mapping).
 
         Every function takes ``predictions`` and ``targets`` first: MLflow reads a two-argument
         function as the legacy (eval_df, metrics) form.

@@ -171,3 +171,28 @@ def test_a_missing_feature_value_names_the_row(registry, tmp_path, caplog):
 def test_output_must_be_csv_or_parquet(caplog):
     assert _serve("--input", "in.csv", "--output", "out.txt") == EXIT_BAD_PARAMETERS
     assert "--output must end with .csv or .parquet" in caplog.text
+
+
+def test_an_input_column_named_like_a_model_output_is_kept():
+    """A labelled file whose label is called ``is_fraud`` keeps it; the model's decision is
+    written beside it as ``predicted_is_fraud``."""
+    import numpy as np
+    import pandas as pd
+
+    from fraud_detection.serving.batch import output_column
+
+    rows = pd.DataFrame({"is_fraud": [0, 1], "TX_AMOUNT": [5.0, 500.0]})
+    assert output_column("is_fraud", rows.columns) == "predicted_is_fraud"
+    assert output_column("fraud_probability", rows.columns) == "fraud_probability"
+    from fraud_detection.serving.batch import _with_predictions
+
+    scored = _with_predictions(
+        rows, {"fraud_probability": np.array([0.1, 0.9]), "is_fraud": np.array([0, 1])}
+    )
+    assert list(scored.columns) == [
+        "is_fraud",
+        "TX_AMOUNT",
+        "fraud_probability",
+        "predicted_is_fraud",
+    ]
+    assert scored["is_fraud"].tolist() == [0, 1]

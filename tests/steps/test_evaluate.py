@@ -11,11 +11,7 @@ from fraud_detection.cli import (
     EXIT_FAILED,
     main_with_exit_code,
 )
-from fraud_detection.config import (
-    EvaluateConfig,
-    GateConfig,
-    TrainConfig,
-)
+from fraud_detection.config import EvaluateConfig, GateConfig, TrainConfig, TransactionColumns
 from fraud_detection.steps.evaluate import (
     Champion,
     Scored,
@@ -157,3 +153,19 @@ def test_evaluate_without_a_train_run_names_the_experiment(experiment, caplog):
     code = main_with_exit_code(EvaluateConfig, evaluate, [], "evaluate")
     assert code == EXIT_FAILED
     assert "no finished train run in experiment 'fraud-detection'" in caplog.text
+
+
+def test_a_label_column_named_like_the_models_decision_is_evaluated(
+    experiment, tmp_path, small_transactions
+):
+    """A fork's label called ``is_fraud`` (the model's own decision column) must not collide
+    with the predictions inside the evaluation."""
+    path = tmp_path / "transactions.parquet"
+    small_transactions.rename(columns={"TX_FRAUD": "is_fraud"}).to_parquet(path)
+    columns = TransactionColumns(label_column="is_fraud")
+    data = replace(SMALL_DATA, data=str(path), columns=columns)
+    train(TrainConfig(data=data, model=FAST_MODEL))
+    evaluate(EvaluateConfig(gate=LENIENT_GATE))
+    run = latest_run("evaluate")
+    assert run.info.status == "FINISHED"
+    assert 0.5 < run.data.metrics["test_roc_auc"] <= 1
