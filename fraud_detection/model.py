@@ -12,6 +12,7 @@ just the package code (``code_paths``), the estimator in its own format and a sm
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
@@ -39,6 +40,11 @@ XGBOOST_FILE = "booster.ubj"
 SKLEARN_FILE = "estimator.skops"
 MODEL_CODE = Path(__file__).with_name("pyfunc_entry.py")
 PACKAGE_DIR = Path(__file__).parent
+# XGBoost's CPU-only distribution, and the platforms where it is installed instead of `xgboost`
+# (the markers of pyproject.toml, python_env.yaml and conda.yaml; tests/test_environments.py).
+XGBOOST_CPU = "xgboost-cpu"
+XGBOOST_CPU_PLATFORMS = 'sys_platform == "linux" or sys_platform == "win32"'
+XGBOOST_OTHER_PLATFORMS = 'sys_platform != "linux" and sys_platform != "win32"'
 
 
 # The hyperparameter grids of the sweep: each point overrides ModelConfig's max_depth and
@@ -337,11 +343,54 @@ def model_signature(features: Sequence[str]) -> ModelSignature:
 
 
 def model_requirements(kind: str) -> list[str]:
-    """Pinned pip requirements of the logged model: the versions that trained it."""
-    packages = ["mlflow", "numpy", "pandas", "scikit-learn", "xgboost"]
+    """Pinned pip requirements of the logged model: the versions that trained it.
+
+    XGBoost is pinned as a pair, the CPU-only build where PyPI has it and ``xgboost``
+    elsewhere, both at the trained version, so that a model trained on Linux also installs
+    on macOS, and the reverse.
+    """
+    packages = ["mlflow", "numpy", "pandas", "scikit-learn"]
     if kind != "xgboost":
         packages.append("skops")
-    return [f"{name}=={importlib.metadata.version(name)}" for name in packages]
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in packages]
+    version = xgboost_version()
+    return [
+        *pins,
+        f"{XGBOOST_CPU}=={version}; {XGBOOST_CPU_PLATFORMS}",
+        f"xgboost=={version}; {XGBOOST_OTHER_PLATFORMS}",
+    ]
+
+
+def installed_xgboost() -> dict[str, str]:
+    """The installed distributions of the ``xgboost`` module, with their versions (one, unless
+    an environment was upgraded in place from before xgboost-cpu)."""
+    installed = {}
+    for name in (XGBOOST_CPU, "xgboost"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            installed[name] = importlib.metadata.version(name)
+    return installed
+
+
+def xgboost_version() -> str:
+    """The version of the installed XGBoost, whichever of its two distributions brought it."""
+    installed = installed_xgboost()
+    if not installed:
+        raise importlib.metadata.PackageNotFoundError("xgboost")
+    if len(installed) == 1:
+        return next(iter(installed.values()))
+    # Both: an environment made before the switch to xgboost-cpu, then upgraded in place. The
+    # `xgboost` module is the files of whichever was installed last; ask it.
+    import xgboost
+
+    logger.warning(
+        "both xgboost and %s are installed (%s); they share the xgboost module, which is %s. "
+        "Fix: pip uninstall -y xgboost %s nvidia-nccl-cu12, then reinstall the project",
+        XGBOOST_CPU,
+        ", ".join(f"{name} {version}" for name, version in installed.items()),
+        xgboost.__version__,
+        XGBOOST_CPU,
+    )
+    return xgboost.__version__
 
 
 def model_config(
