@@ -23,6 +23,7 @@ from fraud_detection.features import FEATURE_COLUMNS, add_features
 from fraud_detection.model import PROBABILITY_COLUMN, XGBOOST_CPU
 from tests.conftest import MODEL_NAME, PROJECT_DIR, TwoVersionStore, tiny_simulation
 from tests.helpers import (
+    assert_succeeded,
     background_process,
     free_port,
     http_ok,
@@ -102,6 +103,7 @@ def test_mlflow_models_serve_with_uv_installs_the_cpu_build_and_scores(
             ],
             env,
         )
+        assert_succeeded(listing)
         installed = json.loads(listing.stdout)
         assert XGBOOST_CPU in installed
         assert "xgboost" not in installed
@@ -129,18 +131,21 @@ def _resolve(requirements: Path, platform: str) -> dict[str, str]:
     return {pin.name.lower(): str(pin.specifier) for pin in pins}
 
 
-def _model_requirements(store: str) -> Path:
-    """The logged model's requirements.txt (downloaded to a temporary folder)."""
+def _model_requirements(store: str, destination: Path) -> Path:
+    """The logged model's requirements.txt, downloaded with the model into ``destination``."""
     mlflow.set_tracking_uri(store)
     try:
-        return Path(mlflow.pyfunc.get_model_dependencies(XGBOOST_MODEL))
+        model = mlflow.artifacts.download_artifacts(XGBOOST_MODEL, dst_path=str(destination))
     finally:
         mlflow.set_tracking_uri(None)
+    return Path(model) / "requirements.txt"
 
 
 @pytest.mark.parametrize("platform", PLATFORMS)
-def test_one_xgboost_and_no_cuda_on_every_platform(platform: str, store: str, uv_available):
-    model_requirements = _model_requirements(store)
+def test_one_xgboost_and_no_cuda_on_every_platform(
+    platform: str, store: str, tmp_path: Path, uv_available
+) -> None:
+    model_requirements = _model_requirements(store, tmp_path / "model")
     trained = {
         str(Requirement(line).specifier)
         for line in model_requirements.read_text().splitlines()
