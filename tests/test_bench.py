@@ -110,8 +110,10 @@ def test_install_footprint_benchmark_measures_a_fresh_venv(tmp_path):
     assert "venv size:" in result.stdout
     figures = json.loads(out.read_text())
     assert figures["command"] == "pip install --no-index pip"
-    assert figures["install_seconds_median"] >= 0
-    assert figures["venv_bytes"] > figures["largest_distributions"][0]["bytes"] > 0
-    assert "pip" in figures["distributions"]
-    assert len(figures["largest_distributions"]) <= 3
+    (project,) = figures["projects"]
+    assert project["project"] == str(PROJECT_DIR)
+    assert project["install_seconds_median"] >= 0
+    assert project["venv_bytes"] > project["largest_distributions"][0]["bytes"] > 0
+    assert "pip" in project["distributions"]
+    assert len(project["largest_distributions"]) <= 3
     assert list(tmp_path.iterdir()) == [out]  # the venv is gone
