@@ -95,8 +95,11 @@ def test_installed_xgboost_is_the_distribution_this_platform_asks_for():
     pins = _normalised(_python_env()["dependencies"])
     wanted = next(name for name in (XGBOOST_CPU, "xgboost") if Marker(pins[name][1]).evaluate())
     installed = list(installed_xgboost())
-    # Both installed: an environment made before xgboost-cpu, upgraded in place (README).
-    assert installed == [wanted], f"installed {installed}; this platform asks for {wanted}"
+    # Both installed: an environment made before xgboost-cpu, upgraded in place.
+    assert installed == [wanted], (
+        f"installed {installed}; this platform asks for {wanted} (README, Quick start: "
+        "pip uninstall -y xgboost xgboost-cpu nvidia-nccl-cu12 && pip install -e '.[dev]')"
+    )
 
 
 def test_both_distributions_installed_pins_the_module_and_says_how_to_fix(monkeypatch, caplog):
