@@ -89,3 +89,31 @@ def test_tracking_overhead_benchmark_times_both_and_writes_its_figures(tmp_path)
     assert figures["train_tracking_on_seconds"] > 0
     assert figures["server_cpu_seconds"] > 0  # the tracked step's requests reached the server
     assert figures["transactions"] == "500 customers, 1000 terminals, 60 days"
+
+
+def test_install_footprint_benchmark_measures_a_fresh_venv(tmp_path):
+    # `pip install --no-index pip` installs nothing: this checks the wiring (a venv made, timed,
+    # measured and removed), not the project's figures, and needs no network.
+    out = tmp_path / "footprint.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_DIR / "bench" / "install_footprint.py"),
+            *("--python", sys.executable, "--pip-args=--no-index pip", "--top", "3"),
+            *("--scratch", str(tmp_path), "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "venv size:" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["command"] == "pip install --no-index pip"
+    (project,) = figures["projects"]
+    assert project["project"] == str(PROJECT_DIR)
+    assert project["install_seconds_median"] >= 0
+    assert project["venv_bytes"] > project["largest_distributions"][0]["bytes"] > 0
+    assert "pip" in project["distributions"]
+    assert len(project["largest_distributions"]) <= 3
+    assert list(tmp_path.iterdir()) == [out]  # the venv is gone

@@ -8,7 +8,9 @@ recipe). It loads anywhere the pinned requirements install.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,18 @@ from fraud_detection.modelling.estimators import (
     matrix,
 )
 
+logger = logging.getLogger(__name__)
+
 PROBABILITY_COLUMN = "fraud_probability"
 DECISION_COLUMN = "is_fraud"
 ESTIMATOR_ARTIFACT = "estimator"
 MODEL_CODE = Path(__file__).with_name("pyfunc_entry.py")
 PACKAGE_DIR = Path(__file__).parents[1]
+# XGBoost's CPU-only distribution, and the platforms where it is installed instead of `xgboost`
+# (the markers of pyproject.toml, python_env.yaml and conda.yaml; tests/test_environments.py).
+XGBOOST_CPU = "xgboost-cpu"
+XGBOOST_CPU_PLATFORMS = 'sys_platform == "linux" or sys_platform == "win32"'
+XGBOOST_OTHER_PLATFORMS = 'sys_platform != "linux" and sys_platform != "win32"'
 
 
 def predictions_columns(probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
@@ -57,11 +66,54 @@ def model_signature(features: Sequence[str]) -> ModelSignature:
 
 
 def model_requirements(kind: str) -> list[str]:
-    """Pinned pip requirements of the logged model: the versions that trained it."""
-    packages = ["mlflow", "numpy", "pandas", "scikit-learn", "xgboost"]
+    """Pinned pip requirements of the logged model: the versions that trained it.
+
+    XGBoost is pinned as a pair, the CPU-only build where PyPI has it and ``xgboost``
+    elsewhere, both at the trained version, so that a model trained on Linux also installs
+    on macOS, and the reverse.
+    """
+    packages = ["mlflow", "numpy", "pandas", "scikit-learn"]
     if kind != "xgboost":
         packages.append("skops")
-    return [f"{name}=={importlib.metadata.version(name)}" for name in packages]
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in packages]
+    version = xgboost_version()
+    return [
+        *pins,
+        f"{XGBOOST_CPU}=={version}; {XGBOOST_CPU_PLATFORMS}",
+        f"xgboost=={version}; {XGBOOST_OTHER_PLATFORMS}",
+    ]
+
+
+def installed_xgboost() -> dict[str, str]:
+    """The installed distributions of the ``xgboost`` module, with their versions (one, unless
+    an environment was upgraded in place from before xgboost-cpu)."""
+    installed = {}
+    for name in (XGBOOST_CPU, "xgboost"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            installed[name] = importlib.metadata.version(name)
+    return installed
+
+
+def xgboost_version() -> str:
+    """The version of the installed XGBoost, whichever of its two distributions brought it."""
+    installed = installed_xgboost()
+    if not installed:
+        raise importlib.metadata.PackageNotFoundError("xgboost")
+    if len(installed) == 1:
+        return next(iter(installed.values()))
+    # Both: an environment made before the switch to xgboost-cpu, then upgraded in place. The
+    # `xgboost` module is the files of whichever was installed last; ask it.
+    import xgboost
+
+    logger.warning(
+        "both xgboost and %s are installed (%s); they share the xgboost module, which is %s. "
+        "Fix: pip uninstall -y xgboost %s nvidia-nccl-cu12, then reinstall the project",
+        XGBOOST_CPU,
+        ", ".join(f"{name} {version}" for name, version in installed.items()),
+        xgboost.__version__,
+        XGBOOST_CPU,
+    )
+    return xgboost.__version__
 
 
 def model_config(

@@ -62,7 +62,7 @@ def test_uv_builds_a_fresh_environment_from_python_env(tmp_path: Path, uv_availa
         (environment,) = environments.iterdir()  # one environment, shared by all four runs
         assert (environment / "bin" / "python").exists()
     finally:
-        shutil.rmtree(environments, ignore_errors=True)  # about 1.5 GB
+        shutil.rmtree(environments, ignore_errors=True)  # about 850 MB
 
     client = MlflowClient(tracking_uri=_store(tmp_path))
     steps = assert_pipeline_finished(client)
