@@ -106,7 +106,7 @@ def test_both_distributions_installed_pins_the_module_and_says_how_to_fix(monkey
     import xgboost
 
     both = {XGBOOST_CPU: "3.2.0", "xgboost": "3.0.0"}
-    monkeypatch.setattr("fraud_detection.model.installed_xgboost", lambda: both)
+    monkeypatch.setattr("fraud_detection.modelling.pyfunc.installed_xgboost", lambda: both)
     assert xgboost_version() == xgboost.__version__
     assert "pip uninstall -y xgboost xgboost-cpu nvidia-nccl-cu12" in caplog.text
 
