@@ -17,10 +17,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from fraud_detection.features import FEATURE_COLUMNS, add_features
 from packaging.requirements import Requirement
 
-from fraud_detection.modelling.pyfunc import PROBABILITY_COLUMN, XGBOOST_CPU
+from fraud_detection.data.features import (
+    FEATURE_COLUMNS,
+    add_features,
+)
+from fraud_detection.modelling.pyfunc import (
+    PROBABILITY_COLUMN,
+    XGBOOST_CPU,
+)
 from tests.support import PROJECT_DIR
 from tests.support.pipeline import MODEL_NAME, TwoVersionStore, tiny_simulation
 from tests.support.processes import (
