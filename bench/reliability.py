@@ -224,12 +224,9 @@ def bad_requests(report: Report, folder: Path) -> None:
 def server_faults(report: Report, folder: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tests.integration.test_server_faults import (
-        STATE_DIR_VARIABLE,
-        all_runs,
-        killed_mid_sweep,
-        lost_metric_points,
-    )
+    from fraud_detection.hardening.spool import STATE_DIR_VARIABLE
+    from tests.integration.test_server_faults import killed_mid_sweep
+    from tests.support.faults import all_runs, lost_metric_points
     from tests.support.processes import mlflow_environment, run_command
     from tests.support.services import dev_server
 
