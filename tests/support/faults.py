@@ -9,6 +9,7 @@ bench/reliability.py.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,51 +34,72 @@ SWEEP_FLAGS = [
 STEP_TIMEOUT_S = 600
 
 
-@contextmanager
-def train_step(
-    url: str, workdir: Path, *flags: str, **variables: str
-) -> Iterator[subprocess.Popen]:
-    """`python train.py` against ``url`` in the background; its output in workdir/train-*.log,
-    its spool of repairs in workdir/state."""
-    env = mlflow_environment(url, **{STATE_DIR_VARIABLE: str(workdir / "state")}, **variables)
-    with step_process(
-        [sys.executable, str(PROJECT_DIR / "train.py"), *SWEEP_FLAGS, *flags], env, workdir, "train"
-    ) as process:
-        yield process
+class LoggedProcess(subprocess.Popen):
+    """A process in a session of its own whose output (stdout and stderr) goes to ``log_path``."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        with log_path.open("w") as log:
+            super().__init__(
+                command,
+                env=env,
+                cwd=log_path.parent,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
 
 @contextmanager
 def step_process(
-    command: list[str], env: dict[str, str], workdir: Path, name: str
-) -> Iterator[subprocess.Popen]:
-    """``command`` in the background, in a session of its own (killed on exit if still
-    running); its output in workdir/<name>-<ns>.log."""
-    log = (workdir / f"{name}-{time.monotonic_ns()}.log").open("w")
-    process = subprocess.Popen(
-        command,
-        env=env,
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    command: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[LoggedProcess]:
+    """``command`` in the background (its session killed on exit if still running)."""
+    process = LoggedProcess(command, env, log_path)
     try:
         yield process
     finally:
         if process.poll() is None:
             os.killpg(process.pid, 9)
         process.wait()
-        log.close()
+
+
+@contextmanager
+def train_step(url: str, workdir: Path, *flags: str, **variables: str) -> Iterator[LoggedProcess]:
+    """`python train.py` against ``url`` in the background; its output in workdir/train-*.log,
+    its spool of repairs in workdir/state."""
+    env = mlflow_environment(url, **{STATE_DIR_VARIABLE: str(workdir / "state")}, **variables)
+    command = [sys.executable, str(PROJECT_DIR / "train.py"), *SWEEP_FLAGS, *flags]
+    with step_process(command, env, workdir / f"train-{time.monotonic_ns()}.log") as process:
+        yield process
+
+
+def step_run_id(process: LoggedProcess, step: str = "train") -> str:
+    """The id of the run the step announced ("train run <id> in experiment ..."), once it has."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    pattern = re.compile(rf"\b{step} run ([0-9a-f]{{32}}) in experiment")
+    while time.monotonic() < deadline:
+        running = process.poll() is None
+        if match := pattern.search(process.output()):
+            return match.group(1)
+        assert running, f"the step ended without a run:\n{process.output()[-3000:]}"
+        time.sleep(0.1)
+    raise AssertionError(f"the step announced no {step} run")
 
 
 def wait_for_first_candidate(
-    client: MlflowClient, process: subprocess.Popen, since_ms: int = 0
+    client: MlflowClient, process: subprocess.Popen, parent_run_id: str | None = None
 ) -> None:
-    """Return once the step has logged a candidate's child run (it is then mid-sweep); only
-    runs started from ``since_ms`` on count (the server may hold earlier steps' runs)."""
+    """Return once the step has logged a candidate's child run (it is then mid-sweep); with
+    ``parent_run_id``, a child of that train run (the server may hold other steps' runs)."""
     deadline = time.monotonic() + STEP_TIMEOUT_S
-    query = f"tags.`fraud.step` = 'candidate' and attributes.start_time >= {since_ms}"
+    query = "tags.`fraud.step` = 'candidate'"
+    if parent_run_id is not None:
+        query += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
     while time.monotonic() < deadline:
         assert process.poll() is None, "the step ended before the fault could be injected"
         experiment = client.get_experiment_by_name(EXPERIMENT)
