@@ -8,10 +8,18 @@ Runs, each against its own throwaway tracking store on this machine:
 - faults: a real `mlflow server` killed mid-sweep and restarted; killed and left down (then
   ``python -m fraud_detection.hardening.recovery`` once it is back); two ``register.py`` racing for
   @champion;
+- store faults behind the production server (``deploy/production-server.sh``: PostgreSQL, S3
+  through a proxy that is cut): PostgreSQL restarted, then down 90 s, under two trainings
+  mid-sweep (one rides it out; one, with a 30 s store budget, gives up and is recovered); S3 cut
+  45 s mid-upload of train's model; S3 cut during evaluate; S3 cut while register writes;
 
 then counts, in every store, the runs left RUNNING, the model versions left half-registered
 (registered by a failed step, or without the promotion decision a finished register records),
-and the metric points lost (gaps in a metric's steps, missing child runs, curves cut short).
+the metric points lost (gaps in a metric's steps, missing child runs, curves cut short) and the
+register steps that failed while @champion moved; and times what each store fault cost
+(``seconds_lost_to_*``: how much longer the step took than without the fault, or, for a step
+that fails, how long it took to fail). Steps keep the template's MLflow retry budget (about
+31 s per request).
 The scenarios and their checks are the test suite's own (``tests/``), run here once to give
 figures. Needs the project's dev and integration extras (``pip install -e ".[dev,integration]"``).
 
@@ -38,7 +46,12 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 logger = logging.getLogger("bench.reliability")
 
-MUST_BE_ZERO = ("runs_left_running", "half_registered_versions", "metric_points_lost")
+MUST_BE_ZERO = (
+    "runs_left_running",
+    "half_registered_versions",
+    "metric_points_lost",
+    "champion_moved_by_failed_step",
+)
 
 
 @contextmanager
@@ -74,6 +87,7 @@ class Report:
             "runs_left_running": 0,
             "half_registered_versions": 0,
             "metric_points_lost": 0,
+            "champion_moved_by_failed_step": 0,
             "mlflow_scoring_server_answers_repeating_the_request": 0,
         }
         self.notes: list[str] = []
@@ -224,12 +238,9 @@ def bad_requests(report: Report, folder: Path) -> None:
 def server_faults(report: Report, folder: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tests.integration.test_server_faults import (
-        STATE_DIR_VARIABLE,
-        all_runs,
-        killed_mid_sweep,
-        lost_metric_points,
-    )
+    from fraud_detection.hardening.spool import STATE_DIR_VARIABLE
+    from tests.integration.test_server_faults import killed_mid_sweep
+    from tests.support.faults import all_runs, lost_metric_points
     from tests.support.processes import mlflow_environment, run_command
     from tests.support.services import dev_server
 
@@ -265,13 +276,17 @@ def server_faults(report: Report, folder: Path) -> None:
         report.add("faults_survived_or_failed_cleanly", code != 0 and recovery.returncode == 0)
         report.audit_store(restarted.url)
 
-    # 3. Two register processes racing for @champion: one promotion, the other told.
-    race = folder / "race"
-    with tracking_store(race) as uri:
-        from fraud_detection.config import EvaluateConfig
-        from fraud_detection.steps.evaluate import evaluate
-        from tests.support.pipeline import LENIENT_GATE, latest_run, train_small
 
+def racing_registers(report: Report, folder: Path) -> None:
+    """Two register processes racing for @champion: one promotion, the other told."""
+    from mlflow.tracking import MlflowClient
+
+    from fraud_detection.config import EvaluateConfig
+    from fraud_detection.steps.evaluate import evaluate
+    from tests.support.pipeline import LENIENT_GATE, latest_run, train_small
+    from tests.support.processes import mlflow_environment
+
+    with tracking_store(folder) as uri:
         evaluations = []
         for _ in range(2):
             evaluate(EvaluateConfig(run_id=train_small(), gate=LENIENT_GATE))
@@ -281,21 +296,159 @@ def server_faults(report: Report, folder: Path) -> None:
         subprocess.Popen(
             [sys.executable, str(PROJECT_DIR / "register.py"), "--run-id", run_id],
             env=env,
-            cwd=race,
+            cwd=folder,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         for run_id in evaluations
     ]
     report.add("faults_injected")
-    for process in processes:
-        process.wait(timeout=300)
-    versions = MlflowClient(uri).search_model_versions("name = 'fraud-detector'")
+    codes = [process.wait(timeout=300) for process in processes]
+    client = MlflowClient(uri)
+    versions = client.search_model_versions("name = 'fraud-detector'")
     decisions = sorted(v.tags.get("fraud.decision", "") for v in versions)
     report.add("faults_survived_or_failed_cleanly", decisions == ["not promoted", "promoted"])
     if decisions != ["not promoted", "promoted"]:
-        report.problem(f"racing registers: decisions {decisions}")
+        report.problem(f"racing registers: decisions {decisions}, exits {codes}")
+    failed = {run_id for run_id, code in zip(evaluations, codes, strict=True) if code != 0}
+    if failed and _champion_evaluation(client) in failed:
+        report.add("champion_moved_by_failed_step")
     report.audit_store(uri)
+
+
+def _champion_evaluation(client) -> str | None:
+    """The evaluate run of the version @champion points at (None: no champion)."""
+    from mlflow.exceptions import MlflowException
+
+    from fraud_detection.contract import EVALUATE_RUN_TAG
+
+    try:
+        version = client.get_model_version_by_alias("fraud-detector", "champion")
+    except MlflowException:
+        return None
+    return version.tags.get(EVALUATE_RUN_TAG)
+
+
+def store_faults(report: Report, folder: Path) -> None:
+    """PostgreSQL and S3 failing behind the production server: the scenarios and the checks of
+    tests/integration/test_store_faults.py, with the template's budgets."""
+    from tests.support.services import moto_s3
+    from tests.support.store_faults import store_fault_stack
+
+    folder.mkdir(parents=True)
+    with moto_s3(folder) as s3, store_fault_stack(folder, s3) as stack:
+        alone, together = _clean_trainings(stack, 1), _clean_trainings(stack, 2)
+        champion_train = _database_faults(report, stack, together)
+        _s3_faults(report, stack, alone, champion_train)
+        report.audit_store(stack.server.url)
+
+
+def _clean_trainings(stack, count: int) -> float:
+    """Seconds the first of ``count`` trainings started together takes, without a fault."""
+    from contextlib import ExitStack
+
+    from tests.support.faults import train_step
+
+    started = time.monotonic()
+    with ExitStack() as steps:
+        processes = [
+            steps.enter_context(
+                train_step(
+                    stack.server.url,
+                    stack.folder(f"clean-{count}-{index}"),
+                    **stack.server.client_environment,
+                )
+            )
+            for index in range(count)
+        ]
+        processes[0].wait(timeout=600)
+        seconds = time.monotonic() - started
+        for process in processes:
+            process.wait(timeout=600)
+    return seconds
+
+
+def _checked(report: Report, fault: str, check, *args) -> None:
+    """Count the fault, and whether the test suite's ``check`` of its outcome holds."""
+    report.add("faults_injected")
+    try:
+        check(*args)
+    except AssertionError as error:
+        report.problem(f"{fault}: {str(error).splitlines()[0][:300]}")
+    else:
+        report.add("faults_survived_or_failed_cleanly")
+
+
+def _lost_points(report: Report, stack, train_run_id: str) -> None:
+    from tests.support.faults import lost_metric_points, sweep_runs
+
+    runs = sweep_runs(stack.client, train_run_id)
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == train_run_id]
+    lost = lost_metric_points(stack.client, runs)
+    report.add("metric_points_lost", len(lost) + max(0, 5 - len(children)))
+
+
+def _database_faults(report: Report, stack, clean_seconds: float) -> str:
+    """PostgreSQL restarted, then down 90 s, under two trainings; returns the train run id of
+    the one that rode it out."""
+    from fraud_detection.hardening.outages import STORE_RETRY_VARIABLE
+    from tests.integration import test_store_faults as checks
+    from tests.support.store_faults import database_outage_mid_sweep
+
+    outcomes = database_outage_mid_sweep(stack, 90, {STORE_RETRY_VARIABLE: "30"})
+    rider, quitter = outcomes
+    lost = rider.seconds - clean_seconds
+    report.figures["seconds_lost_to_postgres_down_90s_mid_sweep"] = round(lost, 1)
+    report.figures["seconds_lost_to_postgres_down_past_a_30s_budget"] = round(
+        quitter.fault_to_exit, 1
+    )
+    _checked(
+        report,
+        "PostgreSQL down 90 s mid-sweep",
+        checks.test_train_rides_out_a_fast_restart_and_a_90_s_outage_of_postgres,
+        stack,
+        outcomes,
+    )
+    _checked(
+        report,
+        "PostgreSQL down past the store budget",
+        checks.test_train_past_the_store_budget_fails_in_one_line_then_recovery_settles_its_runs,
+        stack,
+        outcomes,
+    )
+    _lost_points(report, stack, rider.run_id("train"))
+    return rider.run_id("train")
+
+
+def _s3_faults(report: Report, stack, clean_seconds: float, champion_train: str) -> None:
+    """S3 cut mid-upload (train), then during evaluate, then while register writes."""
+    from tests.integration import test_store_faults as checks
+    from tests.support import store_faults as scenarios
+
+    # Longer than MLflow's budget for one request (31 s): log_model fails and is repeated.
+    survived = scenarios.s3_cut_mid_upload(stack, cut_s=45)
+    figures = report.figures
+    figures["seconds_lost_to_s3_cut_45s_mid_upload"] = round(survived.seconds - clean_seconds, 1)
+    _checked(
+        report,
+        "S3 cut 45 s mid-upload",
+        checks.test_train_rides_out_s3_cut_mid_upload_and_keeps_one_ready_model,
+        stack,
+        survived,
+    )
+    _lost_points(report, stack, survived.run_id("train"))
+    evaluated = scenarios.s3_cut_during_evaluate(stack, survived.run_id("train"))
+    figures["seconds_lost_to_s3_cut_during_evaluate"] = round(evaluated.seconds, 1)
+    check = checks.test_evaluate_with_s3_cut_names_the_artifact_store
+    _checked(report, "S3 cut during evaluate", check, stack, evaluated)
+    candidate = scenarios.champion_and_challenger(stack, champion_train, survived.run_id("train"))
+    registered = scenarios.s3_cut_during_register(stack, candidate)
+    figures["seconds_lost_to_s3_cut_during_register"] = round(registered.seconds, 1)
+    champions = {registered.notes[key].aliases.get("champion") for key in ("before", "after")}
+    moved = registered.exit_code != 0 and len(champions) > 1
+    report.add("champion_moved_by_failed_step", moved)
+    check = checks.test_register_with_s3_cut_changes_nothing_and_a_rerun_promotes
+    _checked(report, "S3 cut while register writes", check, stack, registered)
 
 
 def main() -> None:
@@ -303,6 +456,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # MLflow 3 reports usage to its telemetry host: this bench talks to 127.0.0.1 only (the
+    # variables reach every server and step it starts).
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
     # MLflow's and scikit-learn's hints about the tiny data sets used here are not findings.
     warnings.filterwarnings("ignore", category=UserWarning)
     sys.path.insert(0, str(PROJECT_DIR))  # the scenarios are the test suite's
@@ -313,6 +470,8 @@ def main() -> None:
         bad_data_and_parameters(report, Path(scratch) / "inputs")
         bad_requests(report, Path(scratch) / "serving")
         server_faults(report, Path(scratch) / "faults")
+        racing_registers(report, Path(scratch) / "race")
+        store_faults(report, Path(scratch) / "stores")
     report.figures["wall_seconds"] = round(time.perf_counter() - started, 1)
 
     width = max(map(len, report.figures))

@@ -153,8 +153,9 @@ def read_data_recipe(train_run: Run) -> tuple[DataConfig, SplitConfig]:
     try:
         recipe = mlflow.artifacts.load_dict(f"runs:/{run_id}/{DATA_RECIPE_ARTIFACT}")
     except Exception as error:
-        # The store is down, not the lineage broken: say which, never blame the run.
-        if (outage := diagnose(error) or artifact_store_outage(f"runs:/{run_id}")) is not None:
+        # The store is down, not the lineage broken: say which, never blame the run. (The
+        # folder's URI ends in "/": MLflow refuses "runs:/<id>" as malformed.)
+        if (outage := diagnose(error) or artifact_store_outage(f"runs:/{run_id}/")) is not None:
             raise OutageError(outage) from error
         raise LineageError(
             f"train run {run_id} has no {DATA_RECIPE_ARTIFACT} ({str(error).splitlines()[0][:300]})"

@@ -93,7 +93,9 @@ def delete_failed_models(client: MlflowClient, run: Run) -> list[str]:
         _delete_files(model.artifact_location, model.model_id)
         client.delete_logged_model(model.model_id)
         deleted.append(model.model_id)
-        logger.info("Deleted logged model %s (%s) of run %s", model.model_id, model.status, run)
+        logger.info(
+            "Deleted logged model %s (%s) of run %s", model.model_id, model.status, run.info.run_id
+        )
     return deleted
 
 

@@ -57,13 +57,38 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
     Any other failure (the tracking server or its database down) is raised, never read as
     "no champion": that would let a promotion skip the comparison with the real one.
     """
+    version = version_by_alias(client, name, alias)
+    # Stores differ in whether versions come back as int or str; compare them as str.
+    return None if version is None else str(version.version)
+
+
+def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version ``name@alias`` (None: no such registered model or alias); see
+    ``alias_version`` for the other failures.
+
+    MLflow's basic-auth server (3.17) answers an alias lookup on a registered model that does
+    not exist with 403 PERMISSION_DENIED (no model, so no permission to grant), where the other
+    stores answer 404. The model itself is then looked up: 404 means there is no champion yet;
+    a model that exists leaves the 403 standing.
+    """
     try:
-        # Stores differ in whether versions come back as int or str; compare them as str.
-        return str(client.get_model_version_by_alias(name, alias).version)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException as error:
-        if is_absent(error):
+        if is_absent(error) or (
+            error.error_code == "PERMISSION_DENIED" and not _registered_model_exists(client, name)
+        ):
             return None
         raise
+
+
+def _registered_model_exists(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if is_absent(error):
+            return False
+        raise
+    return True
 
 
 @dataclass(frozen=True)

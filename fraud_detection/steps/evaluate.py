@@ -42,9 +42,10 @@ from fraud_detection.contract import (
 from fraud_detection.data.schema import DAY_COLUMN
 from fraud_detection.data.validation import require_both_classes
 from fraud_detection.data.windows import PreparedData, evaluation_window, prepare_data
-from fraud_detection.errors import LineageError, OutageError, is_absent
+from fraud_detection.errors import LineageError, OutageError
 from fraud_detection.hardening.datasets import pandas_dataset
 from fraud_detection.hardening.outages import diagnose
+from fraud_detection.hardening.registry_change import version_by_alias
 from fraud_detection.modelling.estimators import feature_importance
 from fraud_detection.modelling.metrics import (
     CARD_PRECISION_K,
@@ -285,12 +286,9 @@ def _predict(model: mlflow.pyfunc.PyFuncModel, features: pd.DataFrame) -> Scored
 
 def _score_champion(model_name: str, features: pd.DataFrame) -> Champion | None:
     """Score the current @champion on the same rows; record why when it cannot be done."""
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
-    except MlflowException as error:
-        if not is_absent(error):
-            raise  # an outage is not "no champion": the gate would skip the comparison
+    # An outage is raised, not read as "no champion": the gate would skip the comparison.
+    version = version_by_alias(MlflowClient(), model_name, CHAMPION_ALIAS)
+    if version is None:
         mlflow.set_tag(contract.CHAMPION_COMPARISON_TAG, "no champion")
         logger.info("No %s@%s yet: nothing to compare with", model_name, CHAMPION_ALIAS)
         return None

@@ -268,3 +268,39 @@ def test_a_failure_at_any_write_leaves_the_change_done_or_not_done(
         assert "did not answer" in run.data.tags["fraud.error"], (fail_at, faults.failed)
     # Every write but the last few is part of the change: a failure there undoes it.
     assert sum(code == EXIT_FAILED for _, _, code in outcomes) >= writes - 2, outcomes
+
+
+class _BasicAuthRegistry:
+    """Answers alias lookups as MLflow 3.17's basic-auth server does: 403, not 404, when the
+    registered model itself does not exist."""
+
+    def __init__(self, models: dict[str, dict[str, str]]) -> None:
+        self.models = models  # name -> {alias: version}
+
+    def get_registered_model(self, name: str) -> str:
+        from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+        if name not in self.models:
+            raise MlflowException(f"Registered Model {name} not found", RESOURCE_DOES_NOT_EXIST)
+        return name
+
+    def get_model_version_by_alias(self, name: str, alias: str):
+        from mlflow.entities.model_registry import ModelVersion
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, PERMISSION_DENIED
+
+        if name not in self.models:
+            raise MlflowException("Permission denied", PERMISSION_DENIED)
+        if alias not in self.models[name]:
+            raise MlflowException(f"alias {alias} not found", INVALID_PARAMETER_VALUE)
+        return ModelVersion(name, self.models[name][alias], creation_timestamp=0)
+
+
+def test_no_champion_behind_basic_auth_is_told_from_a_refusal():
+    """No registered model yet: no champion. A 403 on a model that exists stays an error."""
+    registry = _BasicAuthRegistry({"fraud-detector": {"champion": "3"}})
+    assert registry_change.alias_version(registry, "new-model", "champion") is None
+    assert registry_change.alias_version(registry, "fraud-detector", "challenger") is None
+    assert registry_change.alias_version(registry, "fraud-detector", "champion") == "3"
+    registry.get_registered_model = lambda name: name  # exists, yet the lookup is refused
+    with pytest.raises(MlflowException, match="Permission denied"):
+        registry_change.version_by_alias(registry, "new-model", "champion")

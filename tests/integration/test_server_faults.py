@@ -8,7 +8,6 @@ the template sets (README, "When the server has a bad moment").
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -21,7 +20,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from fraud_detection.hardening.datasets import (
@@ -29,59 +27,18 @@ from fraud_detection.hardening.datasets import (
     pandas_dataset,
 )
 from fraud_detection.hardening.spool import STATE_DIR_VARIABLE
-from tests.support import PROJECT_DIR
+from tests.support.faults import (
+    EXPERIMENT,
+    STEP_TIMEOUT_S,
+    all_runs,
+    check_the_sweep_is_whole,
+    train_step,
+    wait_for_first_candidate,
+)
 from tests.support.processes import free_port, mlflow_environment, run_command
 from tests.support.services import dev_server
 
 pytestmark = pytest.mark.slow
-
-EXPERIMENT = "fraud-detection"
-# Five candidates (four grid points and the baseline), each a child run with two per-round
-# curves: plenty of logging left to do when the server dies after the first child.
-SWEEP_FLAGS = [
-    "--n-customers", "500", "--n-terminals", "1000", "--n-days", "60", "--seed", "1",
-    "--grid", "small", "--n-estimators", "200", "--n-jobs", "1",
-]  # fmt: skip
-STEP_TIMEOUT_S = 600
-
-
-@contextmanager
-def train_step(
-    url: str, workdir: Path, *flags: str, **variables: str
-) -> Iterator[subprocess.Popen]:
-    """`python train.py` against ``url`` in the background; its output in workdir/train-*.log."""
-    env = mlflow_environment(url, **{STATE_DIR_VARIABLE: str(workdir / "state")}, **variables)
-    log = (workdir / f"train-{time.monotonic_ns()}.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT_DIR / "train.py"), *SWEEP_FLAGS, *flags],
-        env=env,
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, 9)
-        process.wait()
-        log.close()
-
-
-def wait_for_first_candidate(client: MlflowClient, process: subprocess.Popen) -> None:
-    """Return once the step has logged a candidate's child run (it is then mid-sweep)."""
-    deadline = time.monotonic() + STEP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the step ended before the server could be killed"
-        experiment = client.get_experiment_by_name(EXPERIMENT)
-        if experiment is not None and client.search_runs(
-            [experiment.experiment_id], "tags.`fraud.step` = 'candidate'", max_results=1
-        ):
-            return
-        time.sleep(0.2)
-    raise AssertionError("no candidate run appeared")
 
 
 @contextmanager
@@ -95,29 +52,6 @@ def killed_mid_sweep(workdir: Path, **variables: str) -> Iterator[tuple[subproce
         yield step, port
 
 
-def all_runs(client: MlflowClient) -> list:
-    experiments = client.search_experiments(view_type=ViewType.ALL)
-    return client.search_runs([e.experiment_id for e in experiments], run_view_type=ViewType.ALL)
-
-
-def lost_metric_points(client: MlflowClient, runs: list) -> list[str]:
-    """Every metric history must be whole: steps without a gap, both curves of a fit alike."""
-    problems = []
-    for run in runs:
-        lengths = {}
-        for key in run.data.metrics:
-            if key.startswith("system/"):
-                continue  # sampled by MLflow's monitor thread, not by the step
-            steps = sorted(point.step for point in client.get_metric_history(run.info.run_id, key))
-            if steps != list(range(steps[0], steps[0] + len(steps))):
-                problems.append(f"{run.info.run_name} {key}: steps {steps[:3]}... have a gap")
-            lengths[key] = len(steps)
-        curves = {key: n for key, n in lengths.items() if key.endswith("_logloss")}
-        if len(set(curves.values())) > 1:
-            problems.append(f"{run.info.run_name}: curves of unequal length {curves}")
-    return problems
-
-
 def test_a_server_restart_mid_sweep_loses_nothing(tmp_path):
     with killed_mid_sweep(tmp_path) as (step, port):
         time.sleep(3)
@@ -126,21 +60,6 @@ def test_a_server_restart_mid_sweep_loses_nothing(tmp_path):
             log = next(tmp_path.glob("train-*.log")).read_text()
             assert exit_code == 0, log[-4000:]
             check_the_sweep_is_whole(MlflowClient(restarted.url))
-
-
-def check_the_sweep_is_whole(client: MlflowClient) -> None:
-    runs = all_runs(client)
-    parent = next(run for run in runs if run.data.tags.get("fraud.step") == "train")
-    children = [run for run in runs if run.data.tags.get("fraud.step") == "candidate"]
-    assert {run.info.status for run in runs} == {"FINISHED"}
-    assert len(children) == 5
-    assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in children)
-    for child in children:
-        assert "validation_average_precision" in child.data.metrics
-        rounds = len(client.get_metric_history(child.info.run_id, "validation_logloss"))
-        if child.data.params["model_kind"] == "xgboost":
-            assert rounds >= int(child.data.params["best_rounds"])
-    assert lost_metric_points(client, runs) == []
 
 
 def test_a_server_that_stays_down_fails_the_step_then_its_runs_are_failed(tmp_path):

@@ -169,3 +169,14 @@ def test_a_label_column_named_like_the_models_decision_is_evaluated(
     run = latest_run("evaluate")
     assert run.info.status == "FINISHED"
     assert 0.5 < run.data.metrics["test_roc_auc"] <= 1
+
+
+def test_a_train_run_without_its_data_recipe_is_a_lineage_problem_not_an_outage(experiment):
+    """The artifact store answers and the run has no recipe: lineage, not the store."""
+    from fraud_detection import contract
+    from fraud_detection.errors import LineageError
+
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_dict({"other": 1}, "other.json")
+    with pytest.raises(LineageError, match=f"train run {run.info.run_id} has no data_recipe"):
+        contract.read_data_recipe(MlflowClient().get_run(run.info.run_id))
