@@ -74,11 +74,21 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as error:
-        if is_absent(error) or (
-            error.error_code == "PERMISSION_DENIED" and not _registered_model_exists(client, name)
-        ):
+        if registry_absent(client, name, error):
             return None
         raise
+
+
+def registry_absent(client: MlflowClient, name: str, error: MlflowException) -> bool:
+    """Whether ``error``, from a lookup in registered model ``name``, means "not there".
+
+    A 404, or the 403 that MLflow's basic-auth server (3.17) answers for anything under a
+    registered model that does not exist (no model, so no permission to grant) once a lookup
+    of the model itself answers 404. A model that exists leaves the 403 standing.
+    """
+    return is_absent(error) or (
+        error.error_code == "PERMISSION_DENIED" and not _registered_model_exists(client, name)
+    )
 
 
 def _registered_model_exists(client: MlflowClient, name: str) -> bool:

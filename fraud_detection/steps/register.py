@@ -37,8 +37,12 @@ from fraud_detection import contract
 from fraud_detection.config import CHALLENGER_ALIAS, CHAMPION_ALIAS, RegisterConfig
 from fraud_detection.config.fields import flatten
 from fraud_detection.contract import Evaluation, Step, TrainedModel, VersionFacts, VersionRecord
-from fraud_detection.errors import LineageError, is_absent
-from fraud_detection.hardening.registry_change import RegistryChange, alias_version
+from fraud_detection.errors import LineageError
+from fraud_detection.hardening.registry_change import (
+    RegistryChange,
+    alias_version,
+    registry_absent,
+)
 from fraud_detection.modelling.metrics import RANKING_METRICS
 from fraud_detection.tracking import end_step_run, find_step_run, step_run
 
@@ -258,7 +262,7 @@ def _get_version(client: MlflowClient, name: str, number: str) -> ModelVersion:
     try:
         return client.get_model_version(name, number)
     except MlflowException as error:
-        if not is_absent(error):
+        if not registry_absent(client, name, error):
             raise
         raise LineageError(f"{name} version {number} not found ({error.message})") from error
 
