@@ -171,7 +171,7 @@ def project_figures(project: Path, runs: list[dict[str, Any]], top: int) -> dict
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--project",
@@ -197,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=10, help="largest distributions to list (10)")
     parser.add_argument("--scratch", type=Path, help="where the venvs go (a temporary folder)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
-    args = parser.parse_args(argv)
-    projects = [path.resolve() for path in args.project or [PROJECT_DIR]]
-    for project in projects:
-        if not (project / "pyproject.toml").exists():
-            parser.error(f"--project: no pyproject.toml in {project}")
-    pip_args = args.pip_args.split()
+    return parser
 
+
+def _install_all(
+    args: argparse.Namespace, projects: list[Path], pip_args: list[str]
+) -> tuple[dict[Path, list[dict[str, Any]]], int]:
+    """Every timed install, alternating between ``projects``; and the pip cache's size before."""
     scratch = Path(tempfile.mkdtemp(prefix="install-footprint-", dir=args.scratch))
     runs: dict[Path, list[dict[str, Any]]] = {project: [] for project in projects}
     try:
@@ -228,7 +228,31 @@ def main(argv: list[str] | None = None) -> int:
                 runs[project].append(run)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    return runs, cache_before
 
+
+def _print_figures(figures: dict[str, Any]) -> None:
+    for row in figures["projects"]:
+        print(
+            f"\n{figures['command']} in {row['project']} ({row['git_commit'] or 'no git'}), "
+            f"Python {figures['python']}, downloads {figures['downloads']}:\n"
+            f"  install time: {row['install_seconds_median']:.1f} s "
+            f"(median of {len(row['install_seconds'])})\n"
+            f"  venv size:    {row['venv_mib']:,} MiB ({row['distribution_count']} distributions)\n"
+            f"  largest:"
+        )
+        for package in row["largest_distributions"]:
+            print(f"    {package['mib']:8,.1f} MiB  {package['name']} {package['version']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    projects = [path.resolve() for path in args.project or [PROJECT_DIR]]
+    for project in projects:
+        if not (project / "pyproject.toml").exists():
+            parser.error(f"--project: no pyproject.toml in {project}")
+    runs, cache_before = _install_all(args, projects, args.pip_args.split())
     version = _output([args.python, "-c", "import platform; print(platform.python_version())"])
     figures = {
         "command": f"pip install {args.pip_args}",
@@ -243,17 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "pip_cache_bytes_before": cache_before,
         "projects": [project_figures(project, runs[project], args.top) for project in projects],
     }
-    for row in figures["projects"]:
-        print(
-            f"\n{figures['command']} in {row['project']} ({row['git_commit'] or 'no git'}), "
-            f"Python {version}, downloads {figures['downloads']}:\n"
-            f"  install time: {row['install_seconds_median']:.1f} s "
-            f"(median of {len(row['install_seconds'])})\n"
-            f"  venv size:    {row['venv_mib']:,} MiB ({row['distribution_count']} distributions)\n"
-            f"  largest:"
-        )
-        for package in row["largest_distributions"]:
-            print(f"    {package['mib']:8,.1f} MiB  {package['name']} {package['version']}")
+    _print_figures(figures)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(figures, indent=2) + "\n")

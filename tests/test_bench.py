@@ -91,6 +91,7 @@ def test_tracking_overhead_benchmark_times_both_and_writes_its_figures(tmp_path)
     assert figures["transactions"] == "500 customers, 1000 terminals, 60 days"
 
 
+@pytest.mark.no_tracking_store
 def test_install_footprint_benchmark_measures_a_fresh_venv(tmp_path):
     # `pip install --no-index pip` installs nothing: this checks the wiring (a venv made, timed,
     # measured and removed), not the project's figures, and needs no network.
