@@ -21,6 +21,7 @@ import pytest
 from fraud_detection.config import SplitConfig
 from fraud_detection.data.simulator import simulate_transactions
 from fraud_detection.hardening.spool import STATE_DIR_VARIABLE
+from tests.support import LAUNCHER_VARIABLES
 from tests.support.pipeline import (
     EXPERIMENT,
     MODEL_NAME,
@@ -28,10 +29,9 @@ from tests.support.pipeline import (
     SMALL_DATA,
     TwoVersionStore,
     evaluate_and_register,
+    private_store,
     train_small,
 )
-
-LAUNCHER_VARIABLES = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -110,24 +110,12 @@ def two_version_store(
 ) -> TwoVersionStore:
     """Train, evaluate and register two models once per session (about 10 s)."""
     root = tmp_path_factory.mktemp("two-versions")
-    database = root / "mlflow.db"
-    shutil.copy(migrated_store, database)
-    uri = f"sqlite:///{database}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in LAUNCHER_VARIABLES:
-            patch.delenv(name, raising=False)
-        mlflow.set_tracking_uri(uri)
-        try:
-            client = mlflow.MlflowClient()
-            client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
-            for changes in ({}, SECOND_MODEL_CHANGES):
-                evaluate_and_register(train_small(**changes))
-            client.set_registered_model_alias(MODEL_NAME, "champion", "1")
-            client.set_registered_model_alias(MODEL_NAME, "challenger", "2")
-        finally:
-            mlflow.set_tracking_uri(None)
+    with private_store(root, migrated_store) as database:
+        client = mlflow.MlflowClient()
+        for changes in ({}, SECOND_MODEL_CHANGES):
+            evaluate_and_register(train_small(**changes))
+        client.set_registered_model_alias(MODEL_NAME, "champion", "1")
+        client.set_registered_model_alias(MODEL_NAME, "challenger", "2")
     return TwoVersionStore(database)
 
 

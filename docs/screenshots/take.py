@@ -58,35 +58,14 @@ from PIL import Image
 # client when it is imported): see _client.
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPOSITORY))  # the project files and the small run are the tests' own
+from tests.support import PROJECT_FILES, SMALL_RUN  # noqa: E402 (no mlflow import there)
+
 DEFAULT_OUT = REPOSITORY / "docs" / "images"
-# What `mlflow run` needs of the project when the repository is copied rather than cloned.
-PROJECT_FILES = [
-    "MLproject",
-    "python_env.yaml",
-    "conda.yaml",
-    "pyproject.toml",
-    "main.py",
-    "train.py",
-    "evaluate.py",
-    "register.py",
-    "serve.py",
-    "fraud_detection",
-]
 # The folder the quick start runs in; its name is what the UI's Source column shows.
 PROJECT_FOLDER = "fraud-detection"
 EXPERIMENT = "fraud-detection"
 MODEL = "fraud-detector"
-# --small: the integration tests' small run (about 30 s instead of 2-3 min).
-SMALL_RUN = {
-    "n_customers": "500",
-    "n_terminals": "1000",
-    "n_days": "60",
-    "seed": "1",
-    "grid": "none",
-    "n_estimators": "60",
-    "min_roc_auc": "0.5",
-    "min_average_precision": "0.01",
-}
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 CHROMIUM_INSTALL = "apt-get install chromium"
 WINDOW = (1440, 900)

@@ -18,8 +18,7 @@ stores (tests/integration/test_store_faults.py); here every single write is reac
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from fraud_detection.hardening.recovery import repair_remembered
 from fraud_detection.hardening.spool import STATE_DIR_VARIABLE
 from fraud_detection.steps.evaluate import evaluate
 from fraud_detection.steps.register import register
-from tests.support.pipeline import LENIENT_GATE, latest_run, train_small
+from tests.support.pipeline import LENIENT_GATE, latest_run, private_store, train_small
 
 MODEL = "fraud-detector"
 # Every MlflowClient method through which the register step (and MLflow's fluent API under it)
@@ -164,26 +163,6 @@ def _rolled_back(before: Registry, after: Registry) -> None:
     assert "fraud.restored_at" in after.versions["1"]
 
 
-@contextmanager
-def _store(root: Path, migrated_store: Path) -> Iterator[Path]:
-    database = root / "mlflow.db"
-    shutil.copy(migrated_store, database)
-    uri = f"sqlite:///{database}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
-            patch.delenv(name, raising=False)
-        mlflow.set_tracking_uri(uri)
-        try:
-            MlflowClient().create_experiment(
-                "fraud-detection", artifact_location=(root / "artifacts").as_uri()
-            )
-            yield database
-        finally:
-            mlflow.set_tracking_uri(None)
-
-
 def _evaluate(**changes) -> str:
     evaluate(EvaluateConfig(run_id=train_small(**changes), gate=LENIENT_GATE))
     return latest_run("evaluate").info.run_id
@@ -193,10 +172,10 @@ def _evaluate(**changes) -> str:
 def scenarios(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> dict:
     """Stores ready for each action (about 15 s of training, once)."""
     built: dict[str, Scenario] = {}
-    with _store(tmp_path_factory.mktemp("first"), migrated_store) as database:
+    with private_store(tmp_path_factory.mktemp("first"), migrated_store) as database:
         evaluation = _evaluate()
         built["first registration"] = Scenario(database, ["--run-id", evaluation], _registered)
-    with _store(tmp_path_factory.mktemp("second"), migrated_store) as database:
+    with private_store(tmp_path_factory.mktemp("second"), migrated_store) as database:
         register(RegisterConfig(run_id=_evaluate()))
         evaluation = _evaluate()  # the same model again: no worse, so it replaces version 1
         shutil.copy(database, database.with_name("replace.db"))

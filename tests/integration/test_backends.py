@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.support import SMALL_RUN
 from tests.support.processes import (
     EXPERIMENT,
-    SMALL_RUN,
     assert_champion_scores,
     assert_pipeline_finished,
     assert_succeeded,

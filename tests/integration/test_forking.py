@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from fraud_detection.data.simulator import simulate_transactions
+from tests.support import SMALL_RUN
 from tests.support.docs import apply_diff, forking_diffs
 from tests.support.pipeline import SMALL_DATA
 from tests.support.processes import (
-    SMALL_RUN,
     assert_champion_scores,
     assert_succeeded,
     copy_project,

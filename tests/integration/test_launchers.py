@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.support import SMALL_RUN
 from tests.support.processes import (
     EXPERIMENT,
     PIPELINE_STEPS,
-    SMALL_RUN,
     assert_champion_scores,
     assert_pipeline_finished,
     assert_succeeded,

@@ -17,9 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fraud_detection.data.features import FEATURE_COLUMNS
+from tests.support import SMALL_RUN
 from tests.support.processes import (
     CHAMPION_URI,
-    SMALL_RUN,
     assert_champion_scores,
     assert_pipeline_finished,
     assert_succeeded,

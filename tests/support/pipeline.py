@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+import pytest
 from mlflow.entities import Run
 
 from fraud_detection.config import (
@@ -23,6 +27,7 @@ from fraud_detection.data.simulator import simulate_transactions
 from fraud_detection.steps.evaluate import evaluate
 from fraud_detection.steps.register import register
 from fraud_detection.steps.train import train
+from tests.support import LAUNCHER_VARIABLES
 
 # Small enough for seconds, large enough that every window has both classes.
 SMALL_DATA = DataConfig(n_customers=500, n_terminals=1_000, n_days=60, seed=1)
@@ -75,3 +80,25 @@ class TwoVersionStore:
     """A tracking store where version 1 is @champion and version 2 is @challenger."""
 
     database: Path  # the SQLite file to copy; artifacts stay where they are (read only)
+
+
+@contextmanager
+def private_store(root: Path, migrated_store: Path) -> Iterator[Path]:
+    """A copy of ``migrated_store`` in ``root`` as this process's tracking store, with the
+    pipeline's experiment (artifacts under ``root``), for fixtures that outlive one test."""
+    database = root / "mlflow.db"
+    shutil.copy(migrated_store, database)
+    uri = f"sqlite:///{database}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        for name in LAUNCHER_VARIABLES:
+            patch.delenv(name, raising=False)
+        mlflow.set_tracking_uri(uri)
+        try:
+            mlflow.MlflowClient().create_experiment(
+                EXPERIMENT, artifact_location=(root / "artifacts").as_uri()
+            )
+            yield database
+        finally:
+            mlflow.set_tracking_uri(None)
