@@ -134,6 +134,7 @@ def test_a_5xx_while_both_stores_answer_is_the_servers_own(no_retries):
     assert outage is not None and outage.part == SERVER_ERROR
 
 
+@pytest.mark.slow  # botocore comes with the integration extra, not with the dev one
 def test_s3_unreachable_from_the_client_is_the_artifact_store():
     from botocore.exceptions import EndpointConnectionError
 

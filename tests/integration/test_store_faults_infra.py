@@ -12,16 +12,22 @@ from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 
-import boto3
-import psycopg
 import pytest
-from botocore.config import Config
-from botocore.exceptions import ConnectionClosedError, EndpointConnectionError
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tests.support.services import S3, S3_ENVIRONMENT, Postgres, production_server
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
+
+# The integration extra's packages: absent from the fast layer's environment, which only collects
+# this module (its tests are slow).
+boto3 = pytest.importorskip("boto3")
+psycopg = pytest.importorskip("psycopg")
+botocore_config = pytest.importorskip("botocore.config")
+botocore_exceptions = pytest.importorskip("botocore.exceptions")
+Config = botocore_config.Config
+ConnectionClosedError = botocore_exceptions.ConnectionClosedError
+EndpointConnectionError = botocore_exceptions.EndpointConnectionError
 
 pytestmark = pytest.mark.slow
 
