@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -32,6 +33,10 @@ from tests.support.pipeline import (
     private_store,
     train_small,
 )
+from tests.support.spark import local_session
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -117,6 +122,15 @@ def two_version_store(
         client.set_registered_model_alias(MODEL_NAME, "champion", "1")
         client.set_registered_model_alias(MODEL_NAME, "challenger", "2")
     return TwoVersionStore(database)
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    """One local Spark session for the whole run (starting one costs 7-14 s); skipped, or
+    failed in CI, without PySpark or Java 17."""
+    session = local_session()
+    yield session
+    session.stop()
 
 
 @pytest.fixture

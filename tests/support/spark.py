@@ -1,0 +1,39 @@
+"""Spark for the tests: a local session on loopback, skipped (failed in CI) without PySpark or
+Java 17, with the command that installs the missing part."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from tests.support.requirements import require
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+# Spark binds to a non-loopback interface of this machine unless told otherwise; every Spark
+# process the tests start (driver, executors, a standalone cluster) inherits these.
+LOOPBACK = {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOCAL_HOSTNAME": "localhost"}
+
+
+def require_spark() -> None:
+    """Skip (fail in CI) the test when PySpark or Java 17+ is missing."""
+    from fraud_detection.spark.session import SparkUnavailableError
+    from fraud_detection.spark.session import require_spark as check
+
+    try:
+        check()
+    except SparkUnavailableError as error:
+        require(False, "Spark", str(error))
+
+
+def local_session() -> SparkSession:
+    """A two-core local session on 127.0.0.1 with few shuffle partitions (small test data)."""
+    require_spark()
+    os.environ.update(LOOPBACK)
+    os.environ["SPARK_MASTER"] = "local[2]"
+    from fraud_detection.spark.session import spark_session
+
+    session = spark_session("fraud-detection-tests")
+    session.conf.set("spark.sql.shuffle.partitions", "4")
+    return session
