@@ -27,7 +27,7 @@ test:
 
 ## The integration layer: mlflow run, servers, PostgreSQL + S3, uv, git
 test-integration:
-	pytest -m slow
+	pytest -m slow -n auto --dist loadfile
 
 ## Both layers
 test-all: test test-integration
