@@ -55,7 +55,7 @@ def test_workflow_runs_lint_and_both_test_layers():
     ]
     for expected in ("ruff check .", "ruff format --check .", "pytest", "pytest -m slow"):
         assert any(
-            command == expected or command.startswith(expected + " --") for command in commands
+            command == expected or command.startswith(expected + " -") for command in commands
         ), expected
 
 
