@@ -137,7 +137,7 @@ def spark() -> Iterator[SparkSession]:
 @pytest.fixture(scope="session")
 def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
     """A standalone Spark cluster on 127.0.0.1 for the whole run: one master and two one-core
-    workers from pyspark's own scripts (starting it costs 15-35 s, each daemon ~230 MB);
+    workers from pyspark's own scripts (starting it costs 20-60 s, each daemon ~240 MB);
     drivers reach it through `SparkCluster.client_environment`. Skipped, or failed in CI,
     without PySpark or Java 17."""
     require_spark()

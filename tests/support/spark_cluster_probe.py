@@ -24,6 +24,7 @@ import pandas as pd
 
 FIT_JOB_GROUP = "xgboost-fit"
 ROWS = 4_000
+FEATURES = ["f0", "f1", "f2", "f3"]
 
 
 def _rows(seed: int = 0) -> pd.DataFrame:
@@ -32,7 +33,7 @@ def _rows(seed: int = 0) -> pd.DataFrame:
     features = rng.normal(size=(ROWS, 4))
     logit = 2.0 * features[:, 0] - 1.5 * features[:, 1] + features[:, 2] * features[:, 3]
     label = (rng.random(ROWS) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    return pd.DataFrame(features, columns=["f0", "f1", "f2", "f3"]).assign(label=label)
+    return pd.DataFrame(features, columns=FEATURES).assign(label=label)
 
 
 def _executor_tasks(session: Any, slots: int) -> list[dict[str, Any]]:
@@ -77,28 +78,30 @@ def _stage_executors(session: Any, stage_id: int, tasks: int) -> list[str]:
 
 def _fit(session: Any, slots: int) -> dict[str, Any]:
     """Fit SparkXGBClassifier with one worker per task slot; where its training tasks ran."""
-    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+    import xgboost
     from pyspark.ml.feature import VectorAssembler
+    from sklearn.metrics import roc_auc_score
     from xgboost.spark import SparkXGBClassifier
 
-    frame = session.createDataFrame(_rows())
-    assembled = VectorAssembler(inputCols=["f0", "f1", "f2", "f3"], outputCol="features")
-    data = assembled.transform(frame)
+    rows = _rows()
+    assembled = VectorAssembler(inputCols=FEATURES, outputCol="features")
+    data = assembled.transform(session.createDataFrame(rows))
     classifier = SparkXGBClassifier(
         features_col="features", label_col="label", num_workers=slots, n_estimators=40
     )
     context = session.sparkContext
     context.setJobGroup(FIT_JOB_GROUP, "SparkXGBClassifier.fit on every slot")
     model = classifier.fit(data)
-    context.setJobGroup("evaluate", "training AUC")
     # The training job is the fit's last; its last stage is the barrier stage, one task a worker.
     training_job = max(context.statusTracker().getJobIdsForGroup(FIT_JOB_GROUP))
     barrier_stage = max(context.statusTracker().getJobInfo(training_job).stageIds)
-    auc = BinaryClassificationEvaluator(labelCol="label", numBins=0).evaluate(model.transform(data))
+    # The booster the workers trained together, scored here: no further Spark job needed.
+    booster = model.get_booster()
+    scores = booster.predict(xgboost.DMatrix(rows[FEATURES].to_numpy()))
     return {
         "training_task_executors": _stage_executors(session, barrier_stage, slots),
-        "training_auc": auc,
-        "booster_rounds": model.get_booster().num_boosted_rounds(),
+        "training_auc": float(roc_auc_score(rows["label"], scores)),
+        "booster_rounds": booster.num_boosted_rounds(),
     }
 
 
