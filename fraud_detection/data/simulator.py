@@ -55,6 +55,12 @@ logger = logging.getLogger(__name__)
 
 SECONDS_PER_DAY = 86_400
 AREA_SIZE = 100.0
+TIME_OF_DAY_MEAN_S = SECONDS_PER_DAY / 2
+TIME_OF_DAY_STD_S = 20_000
+# The share of drawn times of day that fall inside the day (the others are dropped): 0.969.
+INSIDE_DAY_SHARE = math.erf(TIME_OF_DAY_MEAN_S / TIME_OF_DAY_STD_S / 2**0.5)
+# Transactions per customer and day on average: 2 draws (the mean of U(0, 4)) inside the day.
+TRANSACTIONS_PER_CUSTOMER_DAY = 2.0 * INSIDE_DAY_SHARE
 LARGE_AMOUNT_FRAUD_THRESHOLD = 220.0
 TERMINAL_COMPROMISE_DAYS = 28
 CUSTOMER_COMPROMISE_DAYS = 14
@@ -66,12 +72,6 @@ SCENARIO_GENUINE = 0
 SCENARIO_LARGE_AMOUNT = 1
 SCENARIO_COMPROMISED_TERMINAL = 2
 SCENARIO_COMPROMISED_CUSTOMER = 3
-TIME_OF_DAY_MEAN_S = SECONDS_PER_DAY / 2
-TIME_OF_DAY_STD_S = 20_000
-# The share of drawn times of day that fall inside the day (the others are dropped): 0.969.
-INSIDE_DAY_SHARE = math.erf(TIME_OF_DAY_MEAN_S / TIME_OF_DAY_STD_S / 2**0.5)
-# Transactions per customer and day on average: 2 draws (the mean of U(0, 4)) inside the day.
-TRANSACTIONS_PER_CUSTOMER_DAY = 2.0 * INSIDE_DAY_SHARE
 DEFAULT_CHUNK_ROWS = 1_000_000
 
 
@@ -752,7 +752,6 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m fraud_detection.data.simulator",
         description="Simulate card transactions into a Parquet file, chunk by chunk: the same "
         "rows as the pipeline's in-memory simulator for the same settings.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="Parquet file to create (*.parquet).")
     parser.add_argument(
@@ -767,15 +766,29 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--n-terminals", type=int, help=f"Simulated terminals (default {defaults.n_terminals})."
     )
-    parser.add_argument("--n-days", type=int, default=defaults.n_days)
-    parser.add_argument("--start-date", default=defaults.start_date)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--radius", type=float, default=defaults.radius)
+    parser.add_argument(
+        "--n-days", type=int, default=defaults.n_days, help="Simulated days (default %(default)s)."
+    )
+    parser.add_argument(
+        "--start-date", default=defaults.start_date, help="First day (default %(default)s)."
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="Same seed, same data (default %(default)s).",
+    )
+    parser.add_argument(
+        "--radius",
+        type=float,
+        default=defaults.radius,
+        help="Distance within which a customer uses terminals (default %(default)s).",
+    )
     parser.add_argument(
         "--chunk-rows",
         type=int,
         default=DEFAULT_CHUNK_ROWS,
-        help="Transactions held in memory at a time (and per row group of the file).",
+        help="Transactions held in memory at a time, and per row group (default %(default)s).",
     )
     arguments = parser.parse_args(argv)
     population = (arguments.n_customers, arguments.n_terminals)
