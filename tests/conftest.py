@@ -33,7 +33,8 @@ from tests.support.pipeline import (
     private_store,
     train_small,
 )
-from tests.support.spark import local_session
+from tests.support.spark import local_session, require_spark
+from tests.support.spark_cluster import SparkCluster, standalone_cluster
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -131,6 +132,17 @@ def spark() -> Iterator[SparkSession]:
     session = local_session()
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    """A standalone Spark cluster on 127.0.0.1 for the whole run: one master and two one-core
+    workers from pyspark's own scripts (starting it costs 20-60 s, each daemon ~240 MB);
+    drivers reach it through `SparkCluster.client_environment`. Skipped, or failed in CI,
+    without PySpark or Java 17."""
+    require_spark()
+    with standalone_cluster(tmp_path_factory.mktemp("spark-cluster")) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fraud_detection.config import SimulatorConfig
+from fraud_detection.config import DataConfig, SimulatorConfig
 from fraud_detection.data.simulator import (
     SCENARIO_COMPROMISED_CUSTOMER,
     SCENARIO_COMPROMISED_TERMINAL,
@@ -136,3 +136,27 @@ def test_full_book_size():
         config,
         {"volume": 0.03, "fraud_rate": 0.1, "share": {1: 0.02, 2: 0.04, 3: 0.04}},
     )
+
+
+def test_the_default_runs_data_is_pinned():
+    """The quick start's data (DataConfig's defaults) stays what the published figures were
+    measured on: a change to the simulator (or to NumPy's streams) that moves it fails here."""
+    table = simulate_transactions(DataConfig().simulator())
+    assert len(table) == 879_618
+    assert table["TX_FRAUD_SCENARIO"].value_counts().sort_index().to_dict() == {
+        0: 872_876,
+        1: 507,
+        2: 4_041,
+        3: 2_194,
+    }
+    assert round(table["TX_AMOUNT"].sum(), 2) == 48_049_144.34
+    assert table["TERMINAL_ID"].sum() == 4_406_295_685
+    assert table.iloc[-1].to_dict() == {
+        "TRANSACTION_ID": 879_617,
+        "TX_DATETIME": pd.Timestamp("2018-06-29 23:58:19"),
+        "CUSTOMER_ID": 32,
+        "TERMINAL_ID": 3_383,
+        "TX_AMOUNT": 54.36,
+        "TX_FRAUD": 0,
+        "TX_FRAUD_SCENARIO": 0,
+    }
