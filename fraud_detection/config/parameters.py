@@ -535,7 +535,7 @@ class BatchConfig:
         default=250_000,
         metadata=_help(
             "Rows read, scored and written at a time. Memory holds one chunk plus the history "
-            "window (30 + delay days of transactions)."
+            "window (the longest feature window plus the delay, of transactions)."
         ),
     )
     columns: TransactionColumns = field(default_factory=TransactionColumns)

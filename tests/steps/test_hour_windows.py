@@ -32,6 +32,7 @@ from fraud_detection.serving.follower import ModelFollower
 from fraud_detection.steps.evaluate import evaluate
 from fraud_detection.steps.register import register
 from fraud_detection.steps.train import train
+from tests.support import PROJECT_DIR
 from tests.support.pipeline import FAST_MODEL, latest_run
 from tests.support.public_data import PARAMETERS, credit_card_table
 
@@ -115,3 +116,14 @@ def test_hour_feature_windows_are_rebuilt_by_batch_scoring(experiment, tmp_path)
         scored[PROBABILITY_COLUMN], expected[PROBABILITY_COLUMN], rtol=1e-5, atol=1e-9
     )
     assert MlflowClient().get_run(run.info.run_id).data.params["feature_windows"] == "1h,6h,24h"
+
+
+def test_the_documented_command_uses_these_parameters():
+    page = (PROJECT_DIR / "docs" / "pipeline.md").read_text()
+    command = page[page.index("-P data=/data/creditcard.csv") :].split("```")[0]
+    for key, value in PARAMETERS.items():
+        if key != "feature_columns":
+            assert f"-P {key}={value}" in command, key
+    # `seq -s, -f V%g 1 28` writes V1,V2,...,V28.
+    assert "-P feature_columns=$(seq -s, -f V%g 1 28),Amount" in command
+    assert PARAMETERS["feature_columns"] == ",".join(f"V{i}" for i in range(1, 29)) + ",Amount"
