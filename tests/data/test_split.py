@@ -305,3 +305,13 @@ def test_a_window_of_hours_is_evaluated_in_24_hour_days_from_its_start():
         (10, "c"),
         (11, "c"),
     ]
+
+
+def test_a_split_that_starts_before_the_features_have_history_says_so(caplog):
+    first, last = pd.Timestamp("2018-04-01"), pd.Timestamp("2018-05-10 12:00")
+    place_split(first, last, SplitConfig(), warm_up=37 * DAY)
+    assert "Validation training starts 2018-04-06, 5 days into the data" in caplog.text
+    assert "need 37 days of history" in caplog.text
+    caplog.clear()
+    place_split(first, last, SplitConfig(), warm_up=5 * DAY)
+    assert not caplog.text
