@@ -200,6 +200,8 @@ def evaluation_rows(
     times = table[time_column]
     history = table[(times >= history_start) & (times < window.end)]
     frauds = history[history[columns.label_column] == 1]
+    if frauds.empty:
+        return rows
     first_fraud = frauds.groupby(customer)[time_column].min()
     known_since = rows[customer].map(first_fraud)
     day_start = window.start + elapsed_days * DAY

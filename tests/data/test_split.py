@@ -315,3 +315,9 @@ def test_a_split_that_starts_before_the_features_have_history_says_so(caplog):
     caplog.clear()
     place_split(first, last, SplitConfig(), warm_up=5 * DAY)
     assert not caplog.text
+
+
+def test_a_window_without_any_known_fraud_is_kept_whole():
+    table = _card_table([(10 * 24, "a", 0), (11 * 24, "b", 0)])
+    rows = evaluation_rows(table, _day_split(test=(10, 12)), "test", COLUMNS)
+    assert rows["CUSTOMER_ID"].tolist() == ["a", "b"]
