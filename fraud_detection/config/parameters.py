@@ -535,7 +535,7 @@ class BatchConfig:
         default=250_000,
         metadata=_help(
             "Rows read, scored and written at a time. Memory holds one chunk plus the history "
-            "window (the longest feature window plus the delay, of transactions)."
+            "the windows reach (the transactions of the longest feature window plus the delay)."
         ),
     )
     columns: TransactionColumns = field(default_factory=TransactionColumns)
