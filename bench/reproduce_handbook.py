@@ -55,7 +55,8 @@ from fraud_detection.data.features import (
 from fraud_detection.data.schema import DAY_COLUMN
 from fraud_detection.data.simulator import simulate_transactions
 from fraud_detection.data.split import (
-    DayWindow,
+    TimeSplit,
+    TimeWindow,
     evaluation_rows,
     plan_split,
 )
@@ -185,10 +186,10 @@ class ModelRow:
     sweep: bool = False
 
     def fit(
-        self, table: pd.DataFrame, train: DayWindow, columns: TransactionColumns, n_jobs: int
+        self, table: pd.DataFrame, train: TimeWindow, columns: TransactionColumns, n_jobs: int
     ) -> tuple[Scorer, dict[str, Any]]:
         """Fit on the ``train`` window; return the scorer and what the fit chose (if anything)."""
-        frame = train.select(table)
+        frame = train.select(table, columns.timestamp_column)
         label = columns.label_column
         if self.sweep:
             return _fit_like_the_train_step(self.config, self.features, table, train, columns)
@@ -211,7 +212,7 @@ def _fit_like_the_train_step(
     config: ModelConfig,
     features: tuple[str, ...],
     table: pd.DataFrame,
-    train: DayWindow,
+    train: TimeWindow,
     columns: TransactionColumns,
 ) -> tuple[Scorer, dict[str, Any]]:
     """The train step's choice for a training window, from the package's own pieces.
@@ -221,16 +222,11 @@ def _fit_like_the_train_step(
     window, the best by validation average precision (first on ties, like the train step's
     ``best_candidate_run``) is refitted on ``train`` with the rounds early stopping kept.
     """
-    origin = table[columns.timestamp_column].iloc[0].normalize()
-    start = (origin + pd.Timedelta(days=train.start)).strftime("%Y-%m-%d")
-    split = plan_split(
-        table, columns.timestamp_column, dataclasses.replace(PROTOCOL, train_start=start)
-    )
-    label, customer = columns.label_column, columns.customer_column
-    validation_train = split.validation_train.select(table)
-    validation = evaluation_rows(
-        table, split.validation, split.validation_train.start, split.delay_days, customer, label
-    )
+    start = train.start.strftime("%Y-%m-%d")
+    time_column, label = columns.timestamp_column, columns.label_column
+    split = plan_split(table, time_column, dataclasses.replace(PROTOCOL, train_start=start))
+    validation_train = split.validation_train.select(table, time_column)
+    validation = evaluation_rows(table, split, "validation", columns)
     best, best_precision = None, -1.0
     for spec in candidate_specs(config):
         fitted = fit_candidate(
@@ -241,7 +237,12 @@ def _fit_like_the_train_step(
         if precision > best_precision:
             best, best_precision = fitted, precision
     final = fit_candidate(
-        best.spec, config, features, train.select(table), label, rounds=best.best_rounds
+        best.spec,
+        config,
+        features,
+        train.select(table, time_column),
+        label,
+        rounds=best.best_rounds,
     )
     chosen = {
         "chosen_candidate": best.spec.name,
@@ -310,15 +311,21 @@ def model_rows(n_jobs: int) -> dict[str, ModelRow]:
 class Fold:
     """One prequential fold: a training window and the window it is assessed on."""
 
-    role: str  # "validation" or "test"
+    role: str  # "validation" or "test": which window of ``split`` is assessed
     index: int  # 0: the earliest
-    train: DayWindow
-    assessed: DayWindow
-    history_start: int  # known-compromised cards count from here (the book: training start)
+    split: TimeSplit
 
     @property
     def key(self) -> tuple[str, int]:
         return self.role, self.index
+
+    @property
+    def train(self) -> TimeWindow:
+        return self.split.validation_train if self.role == "validation" else self.split.train
+
+    @property
+    def assessed(self) -> TimeWindow:
+        return self.split.evaluated(self.role)[0]
 
 
 def plan_folds(table: pd.DataFrame, timestamp_column: str, config: BenchConfig) -> list[Fold]:
@@ -330,7 +337,7 @@ def plan_folds(table: pd.DataFrame, timestamp_column: str, config: BenchConfig) 
     validation folds end where the first test fold's training ends.
     """
     start = pd.Timestamp(config.train_start)
-    week = pd.Timedelta(days=PROTOCOL.test_days)
+    week = PROTOCOL.test_duration
     folds = []
     for index in range(config.n_folds):
         test_split = plan_split(
@@ -338,32 +345,26 @@ def plan_folds(table: pd.DataFrame, timestamp_column: str, config: BenchConfig) 
             timestamp_column,
             dataclasses.replace(PROTOCOL, train_start=str((start + index * week).date())),
         )
-        folds.append(Fold("test", index, test_split.train, test_split.test, test_split.train.start))
+        folds.append(Fold("test", index, test_split))
         earlier = start - (config.n_folds - 1 - index) * week
         validation_split = plan_split(
             table, timestamp_column, dataclasses.replace(PROTOCOL, train_start=str(earlier.date()))
         )
-        folds.append(
-            Fold(
-                "validation",
-                index,
-                validation_split.validation_train,
-                validation_split.validation,
-                validation_split.validation_train.start,
-            )
-        )
+        folds.append(Fold("validation", index, validation_split))
     return sorted(folds, key=lambda fold: (fold.role != "test", fold.index))
 
 
 @dataclass(frozen=True)
 class Data:
     table: pd.DataFrame  # raw columns + features, sorted by time
-    origin: pd.Timestamp  # day 0
     statistics: dict[str, float]
     speed: dict[str, float]
 
-    def date(self, day: int) -> str:
-        return (self.origin + pd.Timedelta(days=day)).strftime("%Y-%m-%d")
+    def date(self, instant: pd.Timestamp) -> str:
+        return instant.strftime("%Y-%m-%d")
+
+    def last_date(self, window: TimeWindow) -> str:
+        return self.date(window.end - pd.Timedelta(days=1))
 
 
 def _peak_memory_bytes() -> int:
@@ -418,8 +419,7 @@ def simulate_and_featurise(config: BenchConfig) -> Data:
         "features_peak_memory_bytes": features_memory,
         "reference_sort_seconds": sort_seconds,
     }
-    origin = table[columns.timestamp_column].iloc[0].normalize()
-    return Data(table, origin, statistics, speed)
+    return Data(table, statistics, speed)
 
 
 def _experiment_id(name: str, artifact_location: str | None) -> str:
@@ -440,13 +440,10 @@ def run_benchmark(config: BenchConfig) -> str:
     started = time.perf_counter()
     data = simulate_and_featurise(config)
     columns = config.data().columns
-    label, customer = columns.label_column, columns.customer_column
+    label = columns.label_column
     folds = plan_folds(data.table, columns.timestamp_column, config)
     assessed = {
-        fold.key: evaluation_rows(
-            data.table, fold.assessed, fold.history_start, PROTOCOL.delay_days, customer, label
-        )
-        for fold in folds
+        fold.key: evaluation_rows(data.table, fold.split, fold.role, columns) for fold in folds
     }
     rows = [model_rows(config.n_jobs)[name] for name in config.rows]
 
@@ -567,9 +564,9 @@ def _run_fold(
                 "role": fold.role,
                 "fold": fold.index,
                 "train_first_day": data.date(fold.train.start),
-                "train_last_day": data.date(fold.train.end - 1),
+                "train_last_day": data.last_date(fold.train),
                 "assessed_first_day": data.date(fold.assessed.start),
-                "assessed_last_day": data.date(fold.assessed.end - 1),
+                "assessed_last_day": data.last_date(fold.assessed),
             }
         )
         mlflow.log_metrics(
@@ -577,7 +574,7 @@ def _run_fold(
                 **metrics,
                 **({_CHOSEN_AP: chosen[_CHOSEN_AP]} if _CHOSEN_AP in chosen else {}),
                 "fit_seconds": fit_seconds,
-                "train_rows": len(fold.train.select(data.table)),
+                "train_rows": len(fold.train.select(data.table, columns.timestamp_column)),
                 "assessed_rows": len(rows),
             }
         )
@@ -741,8 +738,8 @@ def _one_split_table(data: Data, first: Fold, rows: Sequence[ModelRow], results:
     titles, metrics = _titles(), handbook.METRICS
     return [
         f"One split (chapter 3.4): train {data.date(first.train.start)} .. "
-        f"{data.date(first.train.end - 1)}, test {data.date(first.assessed.start)}"
-        f" .. {data.date(first.assessed.end - 1)}; book: chapter 3.4",
+        f"{data.last_date(first.train)}, test {data.date(first.assessed.start)}"
+        f" .. {data.last_date(first.assessed)}; book: chapter 3.4",
         _table(
             ["model", *titles, *(f"book {title}" for title in titles)],
             [

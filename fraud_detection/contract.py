@@ -142,13 +142,16 @@ def write_data_recipe(run_id: str, data: DataConfig, split: SplitConfig) -> None
     """The exact typed values that rebuild the train run's data (``read_data_recipe``).
 
     The run's parameters are for people (``mlflow run`` logs its own as shell-quoted strings,
-    ``''`` for an empty value); the recipe is for the next step.
+    ``''`` for an empty value); the recipe is for the next step. Windows are kept as their
+    parameters' text (``7``, ``36h``, ``1d,7d,30d``); a recipe of older runs holds numbers of
+    days, read the same way.
     """
     MlflowClient().log_dict(run_id, flatten(data) | flatten(split), DATA_RECIPE_ARTIFACT)
 
 
 def read_data_recipe(train_run: Run) -> tuple[DataConfig, SplitConfig]:
-    """The data and split a train run used, with the start it resolved pinned."""
+    """The data and split a train run used, with the start it resolved pinned (a date, or an
+    instant when the windows are not whole days)."""
     run_id = train_run.info.run_id
     try:
         recipe = mlflow.artifacts.load_dict(f"runs:/{run_id}/{DATA_RECIPE_ARTIFACT}")

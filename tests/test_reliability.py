@@ -124,8 +124,10 @@ def test_bad_data_fails_cleanly(case, experiment, tmp_path, caplog):
 BAD_TRAINING_PARAMETERS = [
     (["--model-kinds", "xgboost,forest"], "unknown model forest; allowed: xgboost, logistic"),
     (["--n-customers", "-5"], "n_customers must be at least 1"),
-    (["--train-days", "0"], "train_days must be between 1 and 366"),
-    (["--delay-days", "-2"], "delay_days must be between 0 and 366"),
+    (["--train-days", "0"], "train_days must be more than 0 and at most 366 days, got '0'"),
+    (["--delay-days", "-2"], "delay_days must be at least 0 and at most 366 days, got '-2'"),
+    (["--test-days", "a fortnight"], "test_days must be a number of days or a duration"),
+    (["--feature-windows", "1d,24h"], "feature_windows lists the same window twice (1DAY)"),
     (["--n-estimators", "ten"], "n_estimators must be int"),
     (["--review-cost", "-1"], "review_cost must be >= 0"),
     (["--grid", "huge"], "grid must be one of none, small, large"),

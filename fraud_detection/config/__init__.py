@@ -1,12 +1,14 @@
 """The parameters of every entry point (``parameters``), as flags and MLproject (``fields``,
 ``mlproject``). Imports no domain module."""
 
+from fraud_detection.config.durations import FeatureWindows, format_duration, parse_duration
 from fraud_detection.config.parameters import (
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
     CSV_SUFFIXES,
     DEFAULT_DELAY_DAYS,
     DEFAULT_EXPERIMENT_NAME,
+    DEFAULT_FEATURE_WINDOWS,
     DEFAULT_MODEL_NAME,
     EXTRA_COLUMN_POLICIES,
     GRID_NAMES,
@@ -36,6 +38,7 @@ __all__ = [
     "CSV_SUFFIXES",
     "DEFAULT_DELAY_DAYS",
     "DEFAULT_EXPERIMENT_NAME",
+    "DEFAULT_FEATURE_WINDOWS",
     "DEFAULT_MODEL_NAME",
     "EXTRA_COLUMN_POLICIES",
     "GRID_NAMES",
@@ -48,6 +51,7 @@ __all__ = [
     "CostConfig",
     "DataConfig",
     "EvaluateConfig",
+    "FeatureWindows",
     "GateConfig",
     "ModelConfig",
     "PipelineConfig",
@@ -57,4 +61,6 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "TransactionColumns",
+    "format_duration",
+    "parse_duration",
 ]

@@ -17,6 +17,15 @@ from typing import Any
 
 import pandas as pd
 
+from fraud_detection.config.durations import (
+    EXAMPLES,
+    FeatureWindows,
+    check_range,
+    is_whole_days,
+    parse_duration,
+)
+from fraud_detection.config.errors import ConfigError
+
 # FIXME(fork): your team's experiment and registered-model names.
 DEFAULT_EXPERIMENT_NAME = "fraud-detection"
 DEFAULT_MODEL_NAME = "fraud-detector"
@@ -28,6 +37,8 @@ TRACKING_MODES = ("manual", "autolog")
 # Days before a fraud label is known: the gap between training and test, and the lag of the
 # terminal-risk features (the book's 7).
 DEFAULT_DELAY_DAYS = 7
+# The book's card and terminal windows (chapter 3.3).
+DEFAULT_FEATURE_WINDOWS = "1d,7d,30d"
 # The file formats read and written, by suffix.
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.zip", ".csv.bz2")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -36,10 +47,6 @@ EXTRA_COLUMN_POLICIES = ("warn", "reject")
 
 def _help(text: str) -> dict[str, Any]:
     return {"help": text}
-
-
-class ConfigError(ValueError):
-    """A parameter is out of its allowed range; raised before any work starts."""
 
 
 def _require(condition: bool, message: str) -> None:
@@ -51,7 +58,10 @@ def _parse_date(name: str, value: str) -> None:
     try:
         pd.Timestamp(value)
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"{name} must be a date like 2018-07-25, got {value!r}") from error
+        raise ConfigError(
+            f"{name} must be a date like 2018-07-25 (or a time like 2018-07-25 06:00), "
+            f"got {value!r}"
+        ) from error
 
 
 @dataclass(frozen=True)
@@ -137,8 +147,18 @@ class DataConfig:
             "terminal, amount and label."
         ),
     )
+    feature_windows: str = field(
+        default=DEFAULT_FEATURE_WINDOWS,
+        metadata=_help(
+            "Comma-separated lengths of the card and terminal feature windows, each a number "
+            "of days or a duration (1h,6h,24h for data of hours). A window of whole days is "
+            "named in days (CUSTOMER_ID_NB_TX_7DAY_WINDOW), others in hours, minutes or "
+            "seconds (_36H_, _90MIN_)."
+        ),
+    )
 
     def __post_init__(self) -> None:
+        FeatureWindows.parse(self.feature_windows)  # a ConfigError naming a bad window
         if self.uses_simulator:
             for name in ("n_customers", "n_terminals", "n_days"):
                 value = getattr(self, name)
@@ -167,6 +187,10 @@ class DataConfig:
     def engineered_features(self) -> bool:
         return not self.passthrough_features
 
+    @property
+    def windows(self) -> FeatureWindows:
+        return FeatureWindows.parse(self.feature_windows)
+
     def simulator(self) -> SimulatorConfig:
         return SimulatorConfig(
             n_customers=self.n_customers,
@@ -179,35 +203,66 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """Time windows: train | delay | test, as in the book (chapter 3.4)."""
+    """Time windows: train | delay | test, as in the book (chapter 3.4).
+
+    Each length is a number of days (``7``, the book's) or a duration pandas reads as a
+    Timedelta (``36h``, ``90min``); numbers given from Python are kept as their string, the form
+    MLflow stores parameters in. Whole days place the windows at midnight, as the book does;
+    other lengths place them at the data's own instants (``data.split``).
+    """
 
     train_start: str = field(
         default="",
         metadata=_help(
-            "First training day (e.g. 2018-07-25). Empty: the latest start whose test window "
-            "still fits in the data."
+            "First training day (e.g. 2018-07-25), or instant when the windows are not whole "
+            "days (e.g. 2018-07-25 06:00). Empty: the latest start whose test window still "
+            "fits in the data."
         ),
     )
-    train_days: int = field(default=7, metadata=_help("Days of training transactions."))
-    delay_days: int = field(
-        default=DEFAULT_DELAY_DAYS,
+    train_days: str = field(
+        default="7",
+        metadata=_help(f"Length of the training window: {EXAMPLES}."),
+    )
+    delay_days: str = field(
+        default=str(DEFAULT_DELAY_DAYS),
         metadata=_help(
-            "Days before fraud labels are known: the gap between training and test, and the "
-            "lag of the terminal-risk features."
+            "Time before fraud labels are known: the gap between training and test, and the "
+            f"lag of the terminal-risk features; {EXAMPLES} (0: none)."
         ),
     )
-    test_days: int = field(default=7, metadata=_help("Days of test transactions."))
+    test_days: str = field(default="7", metadata=_help(f"Length of the test window: {EXAMPLES}."))
 
     def __post_init__(self) -> None:
-        for name in ("train_days", "test_days"):
+        for name in ("train_days", "delay_days", "test_days"):
             value = getattr(self, name)
-            _require(1 <= value <= 366, f"{name} must be between 1 and 366, got {value}")
-        _require(
-            0 <= self.delay_days <= 366,
-            f"delay_days must be between 0 and 366, got {self.delay_days}",
-        )
+            if not isinstance(value, str):  # a number from Python code: days, kept as text
+                object.__setattr__(self, name, str(value))
+            check_range(name, self._duration(name), value, allow_zero=name == "delay_days")
         if self.train_start:
             _parse_date("train_start", self.train_start)
+
+    def _duration(self, name: str) -> pd.Timedelta:
+        return parse_duration(name, getattr(self, name))
+
+    @property
+    def train_duration(self) -> pd.Timedelta:
+        return self._duration("train_days")
+
+    @property
+    def delay_duration(self) -> pd.Timedelta:
+        return self._duration("delay_days")
+
+    @property
+    def test_duration(self) -> pd.Timedelta:
+        return self._duration("test_days")
+
+    @property
+    def whole_days(self) -> bool:
+        """True when every window is whole days: the split is then placed at midnight."""
+        return all(
+            is_whole_days(duration)
+            for duration in (self.train_duration, self.delay_duration, self.test_duration)
+        )
 
 
 @dataclass(frozen=True)
@@ -480,7 +535,7 @@ class BatchConfig:
         default=250_000,
         metadata=_help(
             "Rows read, scored and written at a time. Memory holds one chunk plus the history "
-            "window (30 + delay days of transactions)."
+            "the windows reach (the transactions of the longest feature window plus the delay)."
         ),
     )
     columns: TransactionColumns = field(default_factory=TransactionColumns)

@@ -6,5 +6,7 @@ Which column holds what (label, time, card, terminal, amount, id) is configurati
 
 from __future__ import annotations
 
-# Days since the data's first day (day 0 starts at its midnight); never a model feature.
+# Whole days since the data's first midnight (``validation``); in the rows of an evaluated
+# window, the row's evaluation day (``split.evaluation_rows``): what card precision@100 is
+# computed per. Never a model feature.
 DAY_COLUMN = "TX_TIME_DAYS"

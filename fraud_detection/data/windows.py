@@ -37,7 +37,7 @@ class PreparedData:
 
     transactions: Transactions
     table: pd.DataFrame  # raw columns + model features, sorted by time
-    split: TimeSplit
+    split: TimeSplit  # [start, end) timestamps of each window
     features: tuple[str, ...]
 
 
@@ -55,10 +55,13 @@ def prepare_data(data_config: DataConfig, split_config: SplitConfig) -> Prepared
     transactions = load_transactions(data_config)
     columns = data_config.columns
     table = transactions.table
+    warm_up = None
     if data_config.engineered_features:
-        table = add_features(table, columns, delay_days=split_config.delay_days)
+        windows, delay = data_config.windows, split_config.delay_duration
+        table = add_features(table, columns, delay_days=delay, windows=windows)
+        warm_up = windows.longest + delay
     try:
-        split = plan_split(table, columns.timestamp_column, split_config)
+        split = plan_split(table, columns.timestamp_column, split_config, warm_up)
     except DataError as error:
         raise DataError(f"{transactions.source}: {error}") from error
     return PreparedData(transactions, table, split, model_features(data_config))
@@ -66,28 +69,16 @@ def prepare_data(data_config: DataConfig, split_config: SplitConfig) -> Prepared
 
 def evaluation_window(prepared: PreparedData, data_config: DataConfig, name: str) -> pd.DataFrame:
     """Rows of the ``validation`` or ``test`` window, known-compromised cards removed."""
-    split = prepared.split
-    window, history_start = {
-        "validation": (split.validation, split.validation_train.start),
-        "test": (split.test, split.train.start),
-    }[name]
-    customer = data_config.columns.customer_column
-    return evaluation_rows(
-        prepared.table,
-        window,
-        history_start,
-        split.delay_days,
-        customer if customer in prepared.table.columns else None,
-        data_config.columns.label_column,
-    )
+    return evaluation_rows(prepared.table, prepared.split, name, data_config.columns)
 
 
 def training_windows(prepared: PreparedData, data_config: DataConfig) -> Windows:
     """The validation-training, validation and training rows, each checked for both classes."""
+    time_column = data_config.columns.timestamp_column
     windows = Windows(
-        validation_train=prepared.split.validation_train.select(prepared.table),
+        validation_train=prepared.split.validation_train.select(prepared.table, time_column),
         validation=evaluation_window(prepared, data_config, "validation"),
-        training=prepared.split.train.select(prepared.table),
+        training=prepared.split.train.select(prepared.table, time_column),
     )
     for name, frame in vars(windows).items():
         where = f"{prepared.transactions.source}, {name.replace('_', ' ')} window"

@@ -32,6 +32,10 @@ def card_precision_at_k(
     is fraud; cards found compromised in the top ``k`` of an earlier day are left out of later
     days (they have been blocked). The precision of a day is (compromised cards in the top k) / k,
     even when fewer than k cards remain. Ties in score are broken by card id, for reproducibility.
+
+    ``days`` are the evaluation days of ``split.evaluation_rows``: 24-hour periods from the start
+    of the evaluated window (the calendar days for windows of whole days), so a test window of
+    12 hours is one day wherever it starts, and one of 36 hours a day and a half-day.
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")

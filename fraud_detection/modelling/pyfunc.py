@@ -121,13 +121,15 @@ def model_config(
     features: Sequence[str],
     threshold: float,
     engineered: bool,
-    delay_days: int,
+    delay_days: str,
     review_cost: float,
+    feature_windows: str,
 ) -> dict[str, Any]:
     """What the pyfunc and its clients need besides the estimator file.
 
-    Stored in the MLmodel file (MLflow also logs these keys as parameters of the run). The
-    feature recipe (engineered or not, label delay) lets batch scoring rebuild the features
+    Stored in the MLmodel file (MLflow also logs these keys as parameters of the run, so the
+    delay and the windows keep the parameters' own text: ``7``, ``36h``). The feature recipe
+    (engineered or not, label delay, feature windows) lets batch scoring rebuild the features
     from raw transactions exactly as training did.
     """
     return {
@@ -135,7 +137,8 @@ def model_config(
         "features": list(features),
         "threshold": float(threshold),
         "engineered_features": bool(engineered),
-        "delay_days": int(delay_days),
+        "delay_days": str(delay_days),
+        "feature_windows": str(feature_windows),
         "review_cost": float(review_cost),
     }
 

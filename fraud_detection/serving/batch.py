@@ -6,9 +6,10 @@ The file is read, featured, scored and written in chunks of ``chunk_rows`` rows,
 larger than memory works; the output appears (renamed into place) only once every row is scored.
 
 Raw transactions get their features from the same code as training (``features.add_features``),
-with the label delay the model was trained with (read from the model itself). The time windows
-look back up to 30 days (customers) and 30 + delay days (terminals), so a history buffer of that
-many days of transactions is carried from chunk to chunk, and the file must be in time order:
+with the label delay and the feature windows the model was trained with (read from the model
+itself). The time windows look back up to the longest window (customers, 30 days by default) and
+the longest window plus the delay (terminals), so a history buffer of that much time of
+transactions is carried from chunk to chunk, and the file must be in time order:
 the timestamp never decreases from one row to the next (rows at the same instant may come in
 any order). A file out of order is refused with the first offending row; sort it first. Within
 that rule the features are exactly those of scoring the whole file at once. A file that already
@@ -28,8 +29,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fraud_detection.config import PARQUET_SUFFIXES, BatchConfig, DataConfig, TransactionColumns
-from fraud_detection.data.features import WINDOW_DAYS, add_features
+from fraud_detection.config import (
+    DEFAULT_DELAY_DAYS,
+    DEFAULT_FEATURE_WINDOWS,
+    PARQUET_SUFFIXES,
+    BatchConfig,
+    DataConfig,
+    FeatureWindows,
+    TransactionColumns,
+    parse_duration,
+)
+from fraud_detection.data.features import DEFAULT_WINDOWS, add_features
 from fraud_detection.data.reading import read_chunks
 from fraud_detection.data.validation import prepare_transactions
 from fraud_detection.errors import DataError
@@ -104,7 +114,12 @@ def score_file(model: ServedModel, config: BatchConfig) -> BatchReport:
                             f"{config.input}: missing feature column(s) {', '.join(missing)}"
                         )
                     stream = StreamingFeatures(
-                        config.columns, int(settings.get("delay_days", 7)), config.input
+                        config.columns,
+                        settings.get("delay_days", DEFAULT_DELAY_DAYS),
+                        config.input,
+                        FeatureWindows.parse(
+                            settings.get("feature_windows", DEFAULT_FEATURE_WINDOWS)
+                        ),
                     )
                 ready, featured = stream.finish() if last else stream.push(chunk)
                 values = featured[features].to_numpy(np.float64)
@@ -167,18 +182,25 @@ class StreamingFeatures:
     in file order, with those features. Two things make the result equal to featuring the whole
     file at once:
 
-    - a history of the last 30 + delay days of prepared transactions, which every time window
-      of the next rows can reach, is kept from chunk to chunk;
+    - a history of the prepared transactions of the last longest window + delay, which every
+      time window of the next rows can reach, is kept from chunk to chunk;
     - the rows at the latest instant of a chunk are held back to the next one: rows at the same
       instant are ordered by transaction id (as ``prepare_transactions`` does for training), and
       more of them may follow in the next chunk.
     """
 
-    def __init__(self, columns: TransactionColumns, delay_days: int, source: str) -> None:
+    def __init__(
+        self,
+        columns: TransactionColumns,
+        delay_days: str | float | pd.Timedelta,
+        source: str,
+        windows: FeatureWindows = DEFAULT_WINDOWS,
+    ) -> None:
         self.columns = columns
-        self.delay_days = delay_days
+        self.delay = parse_duration("delay_days", delay_days)
+        self.windows = windows
         self.source = source
-        self._lookback_ns = (max(WINDOW_DAYS) + delay_days) * 86_400 * 10**9
+        self._lookback = windows.longest + self.delay
         self._history: pd.DataFrame | None = None
         self._pending = pd.DataFrame()
         self._emitted = 0  # rows of the file already returned
@@ -227,13 +249,13 @@ class StreamingFeatures:
         combined = pd.concat(
             [self._history, ready[[*self._history_columns, _ROW]]], ignore_index=True
         )
-        featured = add_features(combined, self.columns, delay_days=self.delay_days)
+        featured = add_features(combined, self.columns, delay_days=self.delay, windows=self.windows)
         new = featured.iloc[history_length:]
         new = new.iloc[np.argsort(new[_ROW].to_numpy(), kind="stable")].reset_index(drop=True)
-        latest = times[cut - 1]
-        keep = pd.DatetimeIndex(combined[self.columns.timestamp_column]).asi8 > (
-            latest - self._lookback_ns
-        )
+        # Every row still within reach of a later row's windows (the file is in time order,
+        # so the latest time here is the last ready row's).
+        stamps = pd.DatetimeIndex(combined[self.columns.timestamp_column])
+        keep = stamps > stamps.max() - self._lookback
         self._history = combined.loc[keep, [*self._history_columns, _ROW]].reset_index(drop=True)
         self._history[_ROW] = -1
         self._emitted += cut

@@ -475,7 +475,7 @@ def _log_lineage(
     params = {
         contract.DATA_SOURCE_PARAM: prepared.transactions.source,
         contract.DATA_FINGERPRINT_PARAM: prepared.transactions.fingerprint,
-        contract.RESOLVED_TRAIN_START_PARAM: split.date(split.train.start),
+        contract.RESOLVED_TRAIN_START_PARAM: split.text(split.train.start),
         "n_transactions": len(prepared.table),
         **split.describe(),
     }
@@ -537,6 +537,7 @@ def _log_model(
                 threshold,
                 engineered=config.data.engineered_features,
                 delay_days=config.split.delay_days,
+                feature_windows=config.data.feature_windows,
                 review_cost=config.cost.review_cost,
             ),
             signature=model_signature(scorer.features),

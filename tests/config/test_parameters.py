@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -12,13 +13,18 @@ from fraud_detection.cli import (
     main_with_exit_code,
 )
 from fraud_detection.config import (
+    DEFAULT_FEATURE_WINDOWS,
     ConfigError,
+    DataConfig,
     EvaluateConfig,
+    FeatureWindows,
     GateConfig,
     ModelConfig,
     PipelineConfig,
     RegisterConfig,
+    SplitConfig,
     TrainConfig,
+    format_duration,
 )
 from fraud_detection.config.fields import (
     build_config,
@@ -143,3 +149,65 @@ def test_root_scripts_describe_their_flags(script):
         cwd=PROJECT_DIR,
     )
     assert "usage:" in result.stdout
+
+
+def test_windows_are_parameters_of_days_or_durations():
+    """`-P train_days=7` keeps working; `-P train_days=36h` and friends are new."""
+    config = build_config(
+        TrainConfig,
+        {"train_days": "7", "delay_days": "90min", "test_days": "0.5", "feature_windows": "1h,6h"},
+    )
+    assert (config.split.train_days, config.split.delay_days) == ("7", "90min")
+    assert config.split.test_duration == pd.Timedelta(hours=12)
+    assert config.data.windows.seconds == (3_600, 21_600)
+    assert build_config(TrainConfig, flatten(config)) == config
+    # An old data recipe stored the windows as JSON numbers.
+    assert build_config(SplitConfig, {"train_days": 7}) == SplitConfig()
+
+
+@pytest.mark.parametrize(
+    ("text", "labels"),
+    [
+        ("1d,7d,30d", ("1DAY", "7DAY", "30DAY")),
+        ("36h,2d", ("36H", "2DAY")),
+        ("90min, 45s, 1h", ("90MIN", "45S", "1H")),
+        ("1.5,48h", ("36H", "2DAY")),
+    ],
+)
+def test_feature_windows_are_named_in_the_largest_exact_unit(text, labels):
+    assert DataConfig(feature_windows=text).windows.labels == labels
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1d,24h", "feature_windows lists the same window twice \\(1DAY\\)"),
+        ("", "feature_windows must list at least one window"),
+        ("1d,0h", "feature_windows must be more than 0 and at most 366 days, got '0h'"),
+        ("1d,1 month", "feature_windows must be a number of days or a duration"),
+        ("1d,500ms", "feature_windows must be a whole number of seconds, got '500ms'"),
+    ],
+)
+def test_bad_feature_windows_are_refused_naming_the_window(text, message):
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(feature_windows=text)
+
+
+def test_the_default_windows_and_their_mlproject_text():
+    assert DataConfig().windows == FeatureWindows.parse(DEFAULT_FEATURE_WINDOWS)
+    assert DataConfig().windows.seconds == (86_400, 7 * 86_400, 30 * 86_400)
+    assert SplitConfig().whole_days and SplitConfig().train_days == "7"
+
+
+@pytest.mark.parametrize(
+    ("duration", "words"),
+    [
+        (pd.Timedelta(days=35), "35 days"),
+        (pd.Timedelta(hours=52), "2 days 4 hours"),
+        (pd.Timedelta(seconds=172_793), "1 day 23 hours 59 minutes 53 seconds"),
+        (pd.Timedelta(minutes=1), "1 minute"),
+        (pd.Timedelta(0), "0 seconds"),
+    ],
+)
+def test_durations_are_told_in_words(duration, words):
+    assert format_duration(duration) == words

@@ -138,3 +138,41 @@ def test_fraud_metrics_with_and_without_cards():
     assert metrics == {"roc_auc": 0.75, "average_precision": pytest.approx(0.8333333)}
     with_cards = fraud_metrics(labels, scores, days=[0, 0, 0, 0], customers=[1, 2, 3, 4])
     assert with_cards["card_precision_at_100"] == pytest.approx(0.02)
+
+
+def test_a_test_window_of_hours_is_one_evaluation_day_across_midnight():
+    """12 hours from 18:00 are one evaluation day (24 hours from the window's start), not the
+    ends of two calendar days: card 1's fraud at 20:00 fills the day's top 1."""
+    import pandas as pd
+
+    from fraud_detection.config import TransactionColumns
+    from fraud_detection.data.schema import DAY_COLUMN
+    from fraud_detection.data.split import TimeSplit, TimeWindow, evaluation_rows
+
+    start = pd.Timestamp("2018-04-10 18:00")
+    earlier = TimeWindow(start - pd.Timedelta(days=3), start - pd.Timedelta(days=2))
+    split = TimeSplit(
+        origin=pd.Timestamp("2018-04-01"),
+        delay=pd.Timedelta(hours=2),
+        whole_days=False,
+        validation_train=earlier,
+        validation=earlier,
+        train=earlier,
+        test=TimeWindow(start, start + pd.Timedelta(hours=12)),
+    )
+    table = pd.DataFrame(
+        {
+            "TX_DATETIME": start + pd.to_timedelta([2, 8, 9], unit="h"),
+            "CUSTOMER_ID": [1, 2, 3],
+            "TX_FRAUD": [1, 0, 1],
+        }
+    )
+    rows = evaluation_rows(table, split, "test", TransactionColumns())
+    assert rows[DAY_COLUMN].nunique() == 1
+    scores = [0.9, 0.8, 0.7]
+    assert (
+        card_precision_at_k(rows[DAY_COLUMN], rows["CUSTOMER_ID"], rows["TX_FRAUD"], scores, k=1)
+        == 1.0
+    )
+    calendar_days = table["TX_DATETIME"].dt.normalize()
+    assert card_precision_at_k(calendar_days, [1, 2, 3], [1, 0, 1], scores, k=1) == 0.5

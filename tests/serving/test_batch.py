@@ -9,10 +9,11 @@ from fraud_detection.cli import (
     EXIT_FAILED,
     main_with_commands,
 )
-from fraud_detection.config import TransactionColumns
+from fraud_detection.config import FeatureWindows, TransactionColumns
 from fraud_detection.data.features import (
     FEATURE_COLUMNS,
     add_features,
+    feature_columns,
 )
 from fraud_detection.modelling.pyfunc import (
     DECISION_COLUMN,
@@ -86,6 +87,23 @@ def test_streamed_features_equal_the_whole_table_for_any_chunk_size(transactions
             check_dtype=False,
             rtol=1e-12,  # window sums start from a shorter history: last-bit differences
         )
+
+
+def test_streamed_features_of_hour_windows_carry_only_the_history_they_need(transactions):
+    windows = FeatureWindows.parse("30min,3h")
+    table = transactions.head(3000)
+    names = list(feature_columns(windows))
+    whole = add_features(table, delay_days="1h", windows=windows)[names]
+    stream = StreamingFeatures(TransactionColumns(), "1h", source="t", windows=windows)
+    parts = [stream.push(table.iloc[i : i + 500]) for i in range(0, 3000, 500)]
+    parts.append(stream.finish())
+    features = pd.concat([features for _, features in parts], ignore_index=True)
+    pd.testing.assert_frame_equal(
+        features[names], whole.reset_index(drop=True), check_dtype=False, rtol=1e-12
+    )
+    # The rows kept between chunks reach back the longest window plus the delay, no further.
+    kept = stream._history["TX_DATETIME"]
+    assert kept.max() - kept.min() < pd.Timedelta(hours=4)
 
 
 def test_rows_out_of_time_order_are_refused(registry, transactions, tmp_path, caplog):
