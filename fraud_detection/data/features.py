@@ -114,7 +114,12 @@ def _customer_features(
 ) -> dict[str, np.ndarray]:
     """The card's spending over its last 1, 7 and 30 days, this transaction included."""
     amount = transactions[columns.amount_column].to_numpy(dtype=np.float64)
-    customer = _EntityWindows(transactions[columns.customer_column].to_numpy(), seconds, lookback)
+    customer = _EntityWindows(
+        transactions[columns.customer_column].to_numpy(),
+        seconds,
+        lookback,
+        _tie_order(transactions, columns),
+    )
     features: dict[str, np.ndarray] = {}
     for window in WINDOW_DAYS:
         count, total = customer.backward_sums(
@@ -143,7 +148,12 @@ def _terminal_features(
     # Unknown labels (recent rows being scored) count as genuine in the terminal fraud rates;
     # the delay keeps the most recent days out of those windows anyway.
     label = pd.to_numeric(transactions[columns.label_column]).fillna(0).to_numpy(np.float64)
-    terminal = _EntityWindows(transactions[columns.terminal_column].to_numpy(), seconds, lookback)
+    terminal = _EntityWindows(
+        transactions[columns.terminal_column].to_numpy(),
+        seconds,
+        lookback,
+        _tie_order(transactions, columns),
+    )
     features: dict[str, np.ndarray] = {}
     for window in WINDOW_DAYS:
         count, frauds = terminal.backward_sums(
@@ -156,12 +166,23 @@ def _terminal_features(
     return features
 
 
+def _tie_order(transactions: pd.DataFrame, columns: TransactionColumns) -> np.ndarray:
+    """The order of rows at the same instant: by transaction id when the table has one, else
+    the table's order (the Spark engine follows the same rule: docs/spark.md)."""
+    if columns.id_column in transactions.columns:
+        return pd.factorize(transactions[columns.id_column], sort=True)[0]
+    return np.arange(len(transactions))
+
+
 class _EntityWindows:
     """Backward time windows per entity over one table, sorted once and searched many times."""
 
-    def __init__(self, entity: np.ndarray, seconds: np.ndarray, lookback_seconds: int) -> None:
+    def __init__(
+        self, entity: np.ndarray, seconds: np.ndarray, lookback_seconds: int, ties: np.ndarray
+    ) -> None:
         codes = pd.factorize(entity)[0].astype(np.int64)
-        self._order = np.lexsort((np.arange(seconds.size), seconds, codes))
+        # Stable: rows that tie on time and on ``ties`` keep the table's order.
+        self._order = np.lexsort((ties, seconds, codes))
         relative = seconds - (seconds.min() if seconds.size else 0)
         # One sortable key per row, entity blocks spaced so that no window reaches the previous
         # entity's block: a window search never crosses entities.
@@ -177,7 +198,7 @@ class _EntityWindows:
 
         The window of a row at time t holds the same entity's rows with times in
         (t - end - window, t - end] that come no later than the row itself in time order (rows
-        at the same instant count only if they come earlier in the table). ``include_current``
+        at the same instant count only if they come earlier in ``_tie_order``). ``include_current``
         says whether the row itself counts: yes for customer spending, no for anything built
         on labels, so that a row's own label never feeds its features, even with no delay.
         """
