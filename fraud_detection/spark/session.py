@@ -47,6 +47,8 @@ TEMPLATE_DEFAULTS = {
     "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "3",
     "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "2s",
     "spark.ui.showConsoleProgress": "false",
+    # pandas -> Spark (the simulated table) and back through Arrow, not row by row in Python.
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
 
 
@@ -95,7 +97,7 @@ def require_spark() -> None:
 def spark_session(app_name: str = "fraud-detection") -> SparkSession:
     """The active Spark session, or a new one configured as the module docstring says."""
     require_spark()
-    from pyspark import SparkConf
+    from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -103,6 +105,10 @@ def spark_session(app_name: str = "fraud-detection") -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    # Before the JVM starts, SparkConf() is an empty Python dict: start it (as spark-submit or
+    # PYSPARK_SUBMIT_ARGS say, reading spark-defaults.conf) so that the conf holds their
+    # settings, and the template's defaults below never override them.
+    SparkContext._ensure_initialized()
     configured = SparkConf()  # spark-defaults.conf and spark-submit's settings, when present
     builder = SparkSession.builder.appName(app_name)
     if not configured.contains("spark.master"):
