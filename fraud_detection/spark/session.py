@@ -50,6 +50,9 @@ TEMPLATE_DEFAULTS = {
     # pandas -> Spark (the simulated table) and back through Arrow, not row by row in Python.
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
+# The launcher sets these for every Python driver, so their presence says nothing of the user's
+# wishes: the template's values apply.
+_LAUNCHER_SETTINGS = frozenset({"spark.ui.showConsoleProgress"})
 
 
 class SparkUnavailableError(PipelineError):
@@ -97,7 +100,7 @@ def require_spark() -> None:
 def spark_session(app_name: str = "fraud-detection") -> SparkSession:
     """The active Spark session, or a new one configured as the module docstring says."""
     require_spark()
-    from pyspark import SparkConf, SparkContext
+    from pyspark import SparkConf
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -105,20 +108,15 @@ def spark_session(app_name: str = "fraud-detection") -> SparkSession:
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    # Before the JVM starts, SparkConf() is an empty Python dict: start it (as spark-submit or
-    # PYSPARK_SUBMIT_ARGS say, reading spark-defaults.conf) so that the conf holds their
-    # settings, and the template's defaults below never override them.
-    SparkContext._ensure_initialized()
-    configured = SparkConf()  # spark-defaults.conf and spark-submit's settings, when present
+    _launch_jvm()
+    configured = SparkConf()  # now holds spark-defaults.conf and spark-submit's settings
     builder = SparkSession.builder.appName(app_name)
-    if not configured.contains("spark.master"):
-        builder = builder.master(os.environ.get("SPARK_MASTER") or "local[*]")
     settings = dict(TEMPLATE_DEFAULTS)
     local_ip = os.environ.get("SPARK_LOCAL_IP")
     if local_ip:
         settings |= {"spark.driver.host": local_ip, "spark.driver.bindAddress": local_ip}
     for key, value in settings.items():
-        if not configured.contains(key):
+        if key in _LAUNCHER_SETTINGS or not configured.contains(key):
             builder = builder.config(key, value)
     session = builder.getOrCreate()
     logger.info(
@@ -128,3 +126,25 @@ def spark_session(app_name: str = "fraud-detection") -> SparkSession:
         session.sparkContext.applicationId,
     )
     return session
+
+
+def _launch_jvm() -> None:
+    """Start Spark's JVM (or join the one ``spark-submit`` started) before reading the conf.
+
+    Before the JVM runs, ``SparkConf()`` is an empty Python dict that has read nothing, and a
+    master set on the builder would override ``spark-defaults.conf`` and ``--master``. Launched
+    first, the JVM resolves the master as spark-submit does: ``--master`` (``PYSPARK_SUBMIT_ARGS``),
+    then ``spark.master`` in spark-defaults.conf, then the ``MASTER`` variable, which is given
+    ``SPARK_MASTER`` for the launch, then ``local[*]``.
+    """
+    from pyspark import SparkContext
+
+    master = os.environ.get("SPARK_MASTER")
+    lent = bool(master) and "MASTER" not in os.environ
+    if lent:
+        os.environ["MASTER"] = master
+    try:
+        SparkContext._ensure_initialized()
+    finally:
+        if lent:
+            del os.environ["MASTER"]
