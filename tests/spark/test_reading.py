@@ -42,7 +42,10 @@ def test_files_and_directories_load_like_the_pandas_engine(spark, tmp_path, raw,
         raw.sample(frac=1.0, random_state=0).to_csv(path, index=False)
     else:
         writer = spark.createDataFrame(raw).repartition(3).write
-        (writer.parquet if kind == "parquet-directory" else writer.csv)(str(path), header=True)
+        if kind == "parquet-directory":
+            writer.parquet(str(path))
+        else:
+            writer.csv(str(path), header=True)
     loaded = load_transactions(spark, DataConfig(data=str(path)))
     assert loaded.source == str(path)
     assert len(loaded.fingerprint) == 16
@@ -152,12 +155,13 @@ def test_delta_without_delta_lake_says_what_to_install(spark, tmp_path, raw):
 
 def test_one_class_only_fails_as_on_the_pandas_engine(spark, raw):
     genuine = raw.assign(TX_FRAUD=0)
-    for labels, where in ((genuine, "training window"), (genuine.head(0), "empty window")):
-        with pytest.raises(DataError) as on_pandas:
-            pandas_both_classes(labels["TX_FRAUD"], where)
-        with pytest.raises(DataError) as on_spark:
-            spark_both_classes(spark.createDataFrame(labels), "TX_FRAUD", where)
-        assert str(on_spark.value) == str(on_pandas.value)
+    on_spark = spark.createDataFrame(genuine)
+    for rows, where in ((0, "empty window"), (len(genuine), "training window")):
+        with pytest.raises(DataError) as pandas_error:
+            pandas_both_classes(genuine["TX_FRAUD"].head(rows), where)
+        with pytest.raises(DataError) as spark_error:
+            spark_both_classes(on_spark.limit(rows), "TX_FRAUD", where)
+        assert str(spark_error.value) == str(pandas_error.value)
     frauds = spark.createDataFrame(raw.assign(TX_FRAUD=1))
     with pytest.raises(DataError, match="only fraud"):
         spark_both_classes(frauds, "TX_FRAUD", "somewhere")
