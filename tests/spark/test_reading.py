@@ -58,6 +58,14 @@ def test_files_and_directories_load_like_the_pandas_engine(spark, tmp_path, raw,
     pd.testing.assert_frame_equal(ours, expected, check_dtype=False, check_index_type=False)
 
 
+def test_simulated_data_loads_like_the_pandas_engine(spark):
+    config = DataConfig(n_customers=60, n_terminals=120, n_days=8, seed=2)
+    loaded = load_transactions(spark, config)
+    assert loaded.source == pandas_load(config).source
+    ours, expected = _rows(loaded.frame.toPandas()), _rows(pandas_load(config).table)
+    pd.testing.assert_frame_equal(ours, expected, check_dtype=False, check_index_type=False)
+
+
 def test_a_table_name_and_a_relative_path(spark, tmp_path, raw, monkeypatch):
     spark.createDataFrame(raw).createOrReplaceTempView("transactions_view")
     by_name = load_transactions(spark, DataConfig(data="transactions_view"))
