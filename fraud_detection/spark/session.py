@@ -131,13 +131,14 @@ def spark_session(app_name: str = "fraud-detection") -> SparkSession:
 
 
 def quiet_pandas_3_warnings() -> None:
-    """Silence the two warnings PySpark 4.3 gives on every pandas conversion under pandas 3.
+    """Silence the three warnings PySpark 4.3 gives on pandas conversions under pandas 3.
 
-    PySpark 4.3 warns that it "does not yet fully support pandas >= 3.0.0", and passes pandas
-    3 a deprecated ``copy`` keyword. The project keeps pandas 3 (its pins allow 2.2 to 3.1)
-    because the Spark engine is tested on it: reading, features and split equal the pandas
-    engine's on pandas 3.1 (docs/spark.md, "pandas 3"). Only these two messages are silenced,
-    the second only when PySpark raises it; every other warning still shows.
+    PySpark 4.3 warns that it "does not yet fully support pandas >= 3.0.0", passes pandas 3 a
+    deprecated ``copy`` keyword, and hands timestamps to Arrow through ``Series.values``, which
+    pandas 3.1 deprecates for time-zone-aware series. The project keeps pandas 3 (its pins
+    allow 2.2 to 3.1) because the Spark engine is tested on it: reading, features and split
+    equal the pandas engine's on pandas 3.1 (docs/spark.md, "pandas 3"). Only these messages
+    are silenced; every other warning still shows.
     """
     warnings.filterwarnings(
         "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
@@ -147,6 +148,11 @@ def quiet_pandas_3_warnings() -> None:
         message="The copy keyword is deprecated",
         category=DeprecationWarning,
         module=r"pyspark\.",
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message="Series.values returning an ndarray that drops timezone information",
+        category=DeprecationWarning,
     )
 
 
