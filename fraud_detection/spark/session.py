@@ -11,7 +11,12 @@ them, ``local[*]``. The template adds only what its own code needs and what is a
   interface of a machine with several), the driver host and bind address follow it, since
   XGBoost's tracker connects to the driver host;
 - a barrier-slot check that fails in seconds, not after Spark's 40 x 15 s, when
-  ``SparkXGBClassifier`` asks for more workers than there are task slots.
+  ``SparkXGBClassifier`` asks for more workers than there are task slots;
+- Arrow for pandas conversions, and silence for the three warnings PySpark 4.3 gives under
+  pandas 3, which the project keeps (`quiet_pandas_3_warnings`, docs/spark.md).
+
+Spark's JVM is started before its configuration is read (`_launch_jvm`): until then PySpark's
+``SparkConf()`` is empty, and a master set on the builder would override spark-defaults.conf.
 
 PySpark is the optional ``spark`` extra (``pip install -e ".[spark]"``) and needs Java 17 or
 newer; `require_spark` says how to install whichever is missing.
