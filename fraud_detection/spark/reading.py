@@ -90,9 +90,10 @@ def _simulated(spark: SparkSession, config: DataConfig) -> DataFrame:
     In local mode it goes through a Parquet file in a temporary directory, removed when Python
     exits: ``createDataFrame`` keeps the table inside the plan and ships it with every task,
     which ran the default 1 GB driver out of memory while featurising the default 880,000
-    rows (read from Parquet, the same rows took 134 s in 1 GB on a busy 2-core machine). A cluster's
-    executors cannot see the driver's files, so there the table is handed over in the plan
-    (give the driver memory: ``spark.driver.memory``), or simulated to shared storage first.
+    rows (read from Parquet, the same rows ran in 1 GB: bench/results/spark_features.json).
+    A cluster's executors cannot see the driver's files, so there the table is handed over in
+    the plan (give the driver memory: ``spark.driver.memory``), or simulated to shared storage
+    first.
     """
     table = simulate_transactions(config.simulator())
     if not spark.sparkContext.master.startswith("local"):
