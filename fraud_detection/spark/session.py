@@ -11,7 +11,12 @@ them, ``local[*]``. The template adds only what its own code needs and what is a
   interface of a machine with several), the driver host and bind address follow it, since
   XGBoost's tracker connects to the driver host;
 - a barrier-slot check that fails in seconds, not after Spark's 40 x 15 s, when
-  ``SparkXGBClassifier`` asks for more workers than there are task slots.
+  ``SparkXGBClassifier`` asks for more workers than there are task slots;
+- Arrow for pandas conversions, and silence for the three warnings PySpark 4.3 gives under
+  pandas 3, which the project keeps (`quiet_pandas_3_warnings`, docs/spark.md).
+
+Spark's JVM is started before its configuration is read (`_launch_jvm`): until then PySpark's
+``SparkConf()`` is empty, and a master set on the builder would override spark-defaults.conf.
 
 PySpark is the optional ``spark`` extra (``pip install -e ".[spark]"``) and needs Java 17 or
 newer; `require_spark` says how to install whichever is missing.
@@ -26,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from typing import TYPE_CHECKING
 
 from fraud_detection.errors import PipelineError
@@ -47,7 +53,12 @@ TEMPLATE_DEFAULTS = {
     "spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures": "3",
     "spark.scheduler.barrier.maxConcurrentTasksCheck.interval": "2s",
     "spark.ui.showConsoleProgress": "false",
+    # pandas -> Spark (the simulated table) and back through Arrow, not row by row in Python.
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
+# The launcher sets these for every Python driver, so their presence says nothing of the user's
+# wishes: the template's values apply.
+_LAUNCHER_SETTINGS = frozenset({"spark.ui.showConsoleProgress"})
 
 
 class SparkUnavailableError(PipelineError):
@@ -100,19 +111,19 @@ def spark_session(app_name: str = "fraud-detection") -> SparkSession:
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    quiet_pandas_3_warnings()
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    configured = SparkConf()  # spark-defaults.conf and spark-submit's settings, when present
+    _launch_jvm()
+    configured = SparkConf()  # now holds spark-defaults.conf and spark-submit's settings
     builder = SparkSession.builder.appName(app_name)
-    if not configured.contains("spark.master"):
-        builder = builder.master(os.environ.get("SPARK_MASTER") or "local[*]")
     settings = dict(TEMPLATE_DEFAULTS)
     local_ip = os.environ.get("SPARK_LOCAL_IP")
     if local_ip:
         settings |= {"spark.driver.host": local_ip, "spark.driver.bindAddress": local_ip}
     for key, value in settings.items():
-        if not configured.contains(key):
+        if key in _LAUNCHER_SETTINGS or not configured.contains(key):
             builder = builder.config(key, value)
     session = builder.getOrCreate()
     logger.info(
@@ -122,3 +133,51 @@ def spark_session(app_name: str = "fraud-detection") -> SparkSession:
         session.sparkContext.applicationId,
     )
     return session
+
+
+def quiet_pandas_3_warnings() -> None:
+    """Silence the three warnings PySpark 4.3 gives on pandas conversions under pandas 3.
+
+    PySpark 4.3 warns that it "does not yet fully support pandas >= 3.0.0", passes pandas 3 a
+    deprecated ``copy`` keyword, and hands timestamps to Arrow through ``Series.values``, which
+    pandas 3.1 deprecates for time-zone-aware series. The project keeps pandas 3 (its pins
+    allow 2.2 to 3.1) because the Spark engine is tested on it: reading, features and split
+    equal the pandas engine's on pandas 3.1 (docs/spark.md, "pandas 3"). Only these messages
+    are silenced; every other warning still shows.
+    """
+    warnings.filterwarnings(
+        "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message="The copy keyword is deprecated",
+        category=DeprecationWarning,
+        module=r"pyspark\.",
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message="Series.values returning an ndarray that drops timezone information",
+        category=DeprecationWarning,
+    )
+
+
+def _launch_jvm() -> None:
+    """Start Spark's JVM (or join the one ``spark-submit`` started) before reading the conf.
+
+    Before the JVM runs, ``SparkConf()`` is an empty Python dict that has read nothing, and a
+    master set on the builder would override ``spark-defaults.conf`` and ``--master``. Launched
+    first, the JVM resolves the master as spark-submit does: ``--master`` (``PYSPARK_SUBMIT_ARGS``),
+    then ``spark.master`` in spark-defaults.conf, then the ``MASTER`` variable, which is given
+    ``SPARK_MASTER`` for the launch, then ``local[*]``.
+    """
+    from pyspark import SparkContext
+
+    master = os.environ.get("SPARK_MASTER")
+    lent = bool(master) and "MASTER" not in os.environ
+    if lent:
+        os.environ["MASTER"] = master
+    try:
+        SparkContext._ensure_initialized()
+    finally:
+        if lent:
+            del os.environ["MASTER"]
