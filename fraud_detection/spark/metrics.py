@@ -5,7 +5,7 @@ ties in score included; only small aggregates reach the driver: one row per buck
 per day, or per metric.
 
 - ROC AUC and average precision come from one table of distinct scores with, for each, the
-  frauds and rows scored at least as high (``_from_the_top``). Spark's own
+  frauds and rows scored at least as high (``from_the_top``). Spark's own
   ``BinaryClassificationEvaluator`` would do for ROC AUC only with ``numBins=0`` (by default it
   bins the scores into 1,000 and the result moves), and its ``areaUnderPR`` interpolates
   between points where scikit-learn's average precision sums steps.
@@ -27,8 +27,8 @@ from fraud_detection.errors import DataError
 from fraud_detection.modelling.metrics import CARD_PRECISION_K
 
 # Columns of the distinct-score table (named apart from the user's).
-_POSITIVES, _ROWS = "__positives__", "__rows__"
-_POSITIVES_ABOVE, _ROWS_ABOVE = "__positives_above__", "__rows_above__"
+POSITIVES, ROWS = "__positives__", "__rows__"
+POSITIVES_ABOVE, ROWS_ABOVE = "__positives_above__", "__rows_above__"
 _BUCKET = "__score_bucket__"
 # Relative error of the quantiles that cut the scores into ranges (they only balance work).
 _QUANTILE_ERROR = 0.01
@@ -59,20 +59,20 @@ class RankingSums:
 def ranking_sums(frame: DataFrame, label: str, score: str) -> RankingSums:
     """Sum what ROC AUC and average precision need over ``frame`` (two classes required)."""
     counts = frame.groupBy(sf.col(score).cast("double").alias(score)).agg(
-        sf.sum(sf.col(label).cast("long")).alias(_POSITIVES), sf.count("*").alias(_ROWS)
+        sf.sum(sf.col(label).cast("long")).alias(POSITIVES), sf.count("*").alias(ROWS)
     )
     counts = counts.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        ranked = _from_the_top(counts, score)
-        negatives = sf.col(_ROWS) - sf.col(_POSITIVES)
-        precision = (sf.col(_POSITIVES_ABOVE) + sf.col(_POSITIVES)) / (
-            sf.col(_ROWS_ABOVE) + sf.col(_ROWS)
+        ranked = from_the_top(counts, score)
+        negatives = sf.col(ROWS) - sf.col(POSITIVES)
+        precision = (sf.col(POSITIVES_ABOVE) + sf.col(POSITIVES)) / (
+            sf.col(ROWS_ABOVE) + sf.col(ROWS)
         )
         row = ranked.agg(
-            sf.sum(_POSITIVES).alias("positives"),
+            sf.sum(POSITIVES).alias("positives"),
             sf.sum(negatives).alias("negatives"),
-            sf.sum(negatives * (2 * sf.col(_POSITIVES_ABOVE) + sf.col(_POSITIVES))).alias("twice"),
-            sf.sum(sf.col(_POSITIVES) * precision).alias("precision_sum"),
+            sf.sum(negatives * (2 * sf.col(POSITIVES_ABOVE) + sf.col(POSITIVES))).alias("twice"),
+            sf.sum(sf.col(POSITIVES) * precision).alias("precision_sum"),
         ).first()
     finally:
         counts.unpersist()
@@ -95,9 +95,10 @@ def average_precision(frame: DataFrame, label: str, score: str) -> float:
     return ranking_sums(frame, label, score).average_precision
 
 
-def _from_the_top(counts: DataFrame, score: str) -> DataFrame:
-    """``counts`` (one row per distinct score) with the positives and rows scored strictly
-    higher than each score (``_POSITIVES_ABOVE``, ``_ROWS_ABOVE``).
+def from_the_top(counts: DataFrame, score: str) -> DataFrame:
+    """``counts`` (one row per distinct score, with its ``POSITIVES`` and ``ROWS``) with the
+    positives and rows scored strictly higher than each score (``POSITIVES_ABOVE``,
+    ``ROWS_ABOVE``).
 
     A running sum over one global order would put every score in one task. Instead the scores
     are cut into ranges at approximate quantiles (the cut only balances the work: any cut
@@ -117,7 +118,7 @@ def _from_the_top(counts: DataFrame, score: str) -> DataFrame:
     else:  # one range (one shuffle partition, or no rows)
         bucketed = counts.withColumn(_BUCKET, sf.lit(0.0))
     totals = sorted(
-        bucketed.groupBy(_BUCKET).agg(sf.sum(_POSITIVES), sf.sum(_ROWS)).collect(), reverse=True
+        bucketed.groupBy(_BUCKET).agg(sf.sum(POSITIVES), sf.sum(ROWS)).collect(), reverse=True
     )
     offsets, positives_above, rows_above = [], 0, 0
     for bucket, positives, rows in totals:  # from the highest range down
@@ -132,14 +133,12 @@ def _from_the_top(counts: DataFrame, score: str) -> DataFrame:
         .rowsBetween(Window.unboundedPreceding, -1)
     )
     return bucketed.join(sf.broadcast(offsets_frame), _BUCKET).select(
-        score,
-        _POSITIVES,
-        _ROWS,
-        (
-            sf.col("offset_positives") + sf.coalesce(sf.sum(_POSITIVES).over(higher), sf.lit(0))
-        ).alias(_POSITIVES_ABOVE),
-        (sf.col("offset_rows") + sf.coalesce(sf.sum(_ROWS).over(higher), sf.lit(0))).alias(
-            _ROWS_ABOVE
+        *counts.columns,
+        (sf.col("offset_positives") + sf.coalesce(sf.sum(POSITIVES).over(higher), sf.lit(0))).alias(
+            POSITIVES_ABOVE
+        ),
+        (sf.col("offset_rows") + sf.coalesce(sf.sum(ROWS).over(higher), sf.lit(0))).alias(
+            ROWS_ABOVE
         ),
     )
 

@@ -1,10 +1,15 @@
-"""Scoring on Spark with a logged model: MLflow's ``spark_udf`` over the feature columns.
+"""Scoring on Spark, with a logged model or with a model not logged yet.
 
-The UDF runs the very pyfunc model the pandas engine and serving load (``modelling.pyfunc``),
-in the executors' Python (``env_manager="local"``: the session makes executors run the
-driver's interpreter, so the model's packages are there; a virtualenv or uv environment would
-need pyenv or uv on every executor). The features are cast to double, the type of the model's
-signature, so the model sees exactly the values the pandas engine passes it.
+``score_frame`` scores with a logged model, through MLflow's ``spark_udf`` over the feature
+columns: the UDF runs the very pyfunc model the pandas engine and serving load
+(``modelling.pyfunc``), in the executors' Python (``env_manager="local"``: the session makes
+executors run the driver's interpreter, so the model's packages are there; a virtualenv or uv
+environment would need pyenv or uv on every executor). The features are cast to double, the
+type of the model's signature, so the model sees exactly the values the pandas engine passes.
+
+``score_with_scorer`` scores with a model that is not logged yet (a candidate of the sweep,
+the winner whose threshold is being tuned): the ``Scorer`` travels to the executors with the
+task, and runs the pandas engine's own code.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import mlflow.pyfunc
+import numpy as np
+import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as sf
 
 from fraud_detection.errors import DataError
+from fraud_detection.modelling.estimators import Scorer
 from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
 
 # The model's output (``pyfunc.model_signature``) as a Spark struct.
@@ -66,3 +74,14 @@ def score_frame(
             decision_column: scored[_RESULT][DECISION_COLUMN],
         }
     ).drop(_RESULT)
+
+
+def score_with_scorer(frame: DataFrame, scorer: Scorer, column: str) -> DataFrame:
+    """``frame`` with ``scorer``'s fraud probabilities in ``column`` (those of
+    ``Scorer.predict_proba`` on the same rows, bit for bit)."""
+
+    @sf.pandas_udf("double")
+    def probabilities(features: pd.DataFrame) -> pd.Series:
+        return pd.Series(scorer.predict_proba_values(features.to_numpy(np.float64)))
+
+    return frame.withColumn(column, probabilities(feature_struct(frame, scorer.features)))

@@ -11,7 +11,7 @@ pytest.importorskip("pyspark", reason='the Spark engine needs PySpark: pip insta
 
 from fraud_detection.errors import DataError
 from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
-from fraud_detection.spark.scoring import score_frame
+from fraud_detection.spark.scoring import score_frame, score_with_scorer
 from tests.support.pipeline import SMALL_DATA
 from tests.support.small_model import SmallModel, small_model
 
@@ -65,3 +65,12 @@ def test_rows_without_a_feature_are_refused_by_name(spark, model_uri, model):
 
     with pytest.raises(DataError, match=f"no column\\(s\\) {features[0]}"):
         score_frame(rows, model_uri, features)
+
+
+def test_a_model_not_logged_yet_scores_as_its_scorer(spark, model):
+    rows = model.test[[COLUMNS.id_column, *model.features]]
+
+    scored = score_with_scorer(spark.createDataFrame(rows), model.scorer, "p").toPandas()
+
+    scored = scored.set_index(COLUMNS.id_column).loc[rows[COLUMNS.id_column]]
+    assert np.array_equal(scored["p"].to_numpy(), model.scorer.predict_proba(rows))

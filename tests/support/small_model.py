@@ -10,7 +10,12 @@ import pandas as pd
 
 from fraud_detection.config import ModelConfig, SplitConfig, TrainConfig
 from fraud_detection.data.windows import evaluation_window, prepare_data, training_windows
-from fraud_detection.modelling.estimators import CandidateSpec, Scorer, fit_candidate
+from fraud_detection.modelling.estimators import (
+    CandidateSpec,
+    FittedCandidate,
+    Scorer,
+    fit_candidate,
+)
 from fraud_detection.steps.train import _log_model
 from tests.support.pipeline import SMALL_DATA
 
@@ -20,6 +25,7 @@ THRESHOLD = 0.2
 
 @dataclass(frozen=True)
 class SmallModel:
+    fitted: FittedCandidate  # what the train step tunes the threshold of
     scorer: Scorer
     validation: pd.DataFrame  # rows the model saw in training's validation window
     test: pd.DataFrame  # the test window: raw columns and features
@@ -47,6 +53,7 @@ def small_model() -> SmallModel:
         SMALL_DATA.columns.label_column,
     )
     return SmallModel(
+        fitted,
         Scorer.from_fitted(fitted, prepared.features),
         windows.validation,
         evaluation_window(prepared, SMALL_DATA, "test"),
