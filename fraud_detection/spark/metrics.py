@@ -143,6 +143,60 @@ def from_the_top(counts: DataFrame, score: str) -> DataFrame:
     )
 
 
+def recall_at_false_positive_rate(
+    frame: DataFrame, label: str, score: str, rate: float = 0.01
+) -> float:
+    """``modelling.metrics.recall_at_false_positive_rate``: the highest true-positive rate of
+    scikit-learn's ``roc_curve`` among its points whose false-positive rate is at most ``rate``.
+
+    ``roc_curve`` keeps only the corners of the curve: a point is dropped when the distinct
+    score below it has the same frauds and genuine rows as its own (the three points are on
+    one line). The last point within ``rate`` may be such a point; the answer is then the
+    point where its run of equal steps starts.
+    """
+    counts = frame.groupBy(sf.col(score).cast("double").alias(score)).agg(
+        sf.sum(sf.col(label).cast("long")).alias(POSITIVES), sf.count("*").alias(ROWS)
+    )
+    counts = counts.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _recall_within(counts, score, rate)
+    finally:
+        counts.unpersist()
+
+
+def _recall_within(counts: DataFrame, score: str, rate: float) -> float:
+    negatives = sf.col(ROWS) - sf.col(POSITIVES)
+    totals = counts.agg(sf.sum(POSITIVES), sf.sum(negatives), sf.max(score)).first()
+    positives_total, negatives_total, highest = int(totals[0] or 0), int(totals[1] or 0), totals[2]
+    if positives_total == 0 or negatives_total == 0:
+        raise DataError(
+            "the recall at a false-positive rate needs both classes; the rows hold "
+            f"{positives_total} fraud(s) and {negatives_total} genuine transaction(s)"
+        )
+    ranked = from_the_top(counts, score).select(
+        score,
+        negatives.alias("step_negatives"),
+        sf.col(POSITIVES).alias("step_positives"),
+        (sf.col(ROWS_ABOVE) - sf.col(POSITIVES_ABOVE) + negatives).alias("negatives_through"),
+        (sf.col(POSITIVES_ABOVE) + sf.col(POSITIVES)).alias("positives_through"),
+    )
+    within = ranked.filter(sf.col("negatives_through") / sf.lit(negatives_total) <= rate)
+    last = within.agg(sf.min_by(sf.struct(*ranked.columns), score)).first()[0]
+    if last is None:
+        return 0.0  # only the curve's origin is within the rate
+    step = sf.struct("step_negatives", "step_positives")
+    below = ranked.filter(sf.col(score) < last[score]).agg(sf.max_by(step, score)).first()[0]
+    same = below is not None and tuple(below) == (last["step_negatives"], last["step_positives"])
+    positives = last["positives_through"]
+    if same and last[score] != highest:  # dropped: go up to where its run of steps starts
+        other = ~((sf.col("step_negatives") == below[0]) & (sf.col("step_positives") == below[1]))
+        higher = ranked.filter((sf.col(score) > last[score]) & other)
+        start = higher.agg(sf.min_by("positives_through", score)).first()[0]
+        top = ranked.filter(sf.col(score) == highest).first()["positives_through"]
+        positives = start if start is not None else top
+    return positives / positives_total
+
+
 def card_precision_at_k(
     frame: DataFrame,
     day: str,
