@@ -171,6 +171,5 @@ def _check_features(frame: DataFrame, features: Sequence[str], source: str) -> N
 
 def _count_written(spark: SparkSession, output: str, decision: str) -> tuple[int, int]:
     """Rows and alerts of the written output (read back: one aggregate row)."""
-
     row = spark.read.parquet(output).agg(sf.count("*"), sf.sum(decision)).first()
     return int(row[0]), int(row[1] or 0)

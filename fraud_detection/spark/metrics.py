@@ -237,7 +237,6 @@ def card_precision_at_k(
 
 def savings(frame: DataFrame, label: str, decision: str, amount: str, review_cost: float) -> float:
     """``modelling.metrics.savings``: fraud amounts caught minus ``review_cost`` per alert."""
-
     caught = sf.when((sf.col(label) == 1) & (sf.col(decision) == 1), sf.col(amount).cast("double"))
     row = frame.agg(
         sf.coalesce(sf.sum(caught), sf.lit(0.0)).alias("caught"),
@@ -259,7 +258,6 @@ def fraud_metrics(
     ``frame`` is read more than once: the columns needed are persisted first, so a scoring
     UDF upstream runs once.
     """
-
     columns = [name for name in (label, score, day, card) if name is not None]
     rows = frame.select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
     try:

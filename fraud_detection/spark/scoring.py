@@ -40,7 +40,6 @@ def model_udf(spark: SparkSession, model_uri: str) -> Callable[[Column], Column]
 
 def feature_struct(frame: DataFrame, features: Sequence[str]) -> Column:
     """The model's input: the feature columns, as doubles, in a struct named as the signature."""
-
     missing = [name for name in features if name not in frame.columns]
     if missing:
         raise DataError(f"the rows to score have no column(s) {', '.join(missing)}")

@@ -132,7 +132,6 @@ def fit_spark_xgboost(
     for frame in (training, validation):
         if frame is not None:
             _require_columns(frame, [*features, label])
-
     slots = task_slots(training.sparkSession)
     workers = min(num_workers or slots, slots)
     estimator = SparkXGBClassifier(
@@ -195,7 +194,6 @@ def assemble_features(frame: DataFrame, features: Sequence[str]) -> DataFrame:
 
     Missing values stay missing (NaN), as XGBoost reads them in the pandas engine.
     """
-
     assembler = VectorAssembler(
         inputCols=list(features), outputCol=FEATURES_VECTOR, handleInvalid="keep"
     )
@@ -206,6 +204,7 @@ def task_slots(spark: SparkSession, wait_seconds: float = EXECUTOR_WAIT_SECONDS)
     """How many Spark tasks can run at once (what ``num_workers`` must not exceed).
 
     On a cluster the executors register after the session starts: wait for the first one.
+    (PySpark has no public call for this; it is the JVM call XGBoost itself makes.)
     """
     context = spark.sparkContext._jsc.sc()
     profile = context.resourceProfileManager().resourceProfileFromId(0)
@@ -224,7 +223,6 @@ def _training_rows(
     training: DataFrame, validation: DataFrame | None, features: Sequence[str], label: str
 ) -> DataFrame:
     """The rows XGBoost reads: features as a vector, label, and which window a row is from."""
-
     columns = [*features, label]
     rows = training.select(*columns).withColumn(VALIDATION_INDICATOR, sf.lit(False))
     if validation is not None:
