@@ -14,7 +14,8 @@ computed them (``model.config`` has the recipe: ``delay_days``). Without a hook,
 transactions are refused with a message that says so.
 
 Spark writes the directory with its own commit protocol: the files appear when every task
-has finished. An existing output is replaced (as the pandas scorer replaces its file).
+has finished. An existing output is replaced (as the pandas scorer replaces its file). The
+rows are spread over part files in no promised order: match them by an id column.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pandas as pd
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 from pyspark.sql.types import BooleanType, NumericType
@@ -109,7 +111,7 @@ def score_parquet(
         raw_features: Computes the features of raw transactions (see the module docstring).
     """
     started = time.perf_counter()
-    frame = spark.read.parquet(source)
+    frame = _read(spark, source)
     if frame.isEmpty():
         raise DataError(f"{source}: no rows")
     features = list(model.config.get("features", model.schema.names))
@@ -129,6 +131,15 @@ def score_parquet(
     seconds = time.perf_counter() - started
     logger.info("Scored %d rows on Spark in %.1f s: %d alerts", rows, seconds, alerts)
     return SparkBatchReport(model, model.uri, output, rows, alerts, seconds)
+
+
+def _read(spark: SparkSession, source: str) -> DataFrame:
+    try:
+        return spark.read.parquet(source)
+    except AnalysisException as error:
+        if error.getCondition() == "PATH_NOT_FOUND":
+            raise DataError(f"{source}: no such file or directory") from error
+        raise
 
 
 def _raw_with_features(

@@ -9,6 +9,8 @@ per day, or per metric.
   ``BinaryClassificationEvaluator`` would do for ROC AUC only with ``numBins=0`` (by default it
   bins the scores into 1,000 and the result moves), and its ``areaUnderPR`` interpolates
   between points where scikit-learn's average precision sums steps.
+- The recall at a false-positive rate reads the same table, at the points scikit-learn's
+  ``roc_curve`` keeps (its corners), as the pandas function does.
 - Card precision@k keeps the book's rule that a card caught on one day is left out of the
   later ones: the days are walked in order, each a small job that returns the cards it caught.
 """

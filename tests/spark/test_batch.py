@@ -147,5 +147,7 @@ def test_bad_datasets_are_refused_with_the_column_and_the_problem(spark, served,
         frame.to_parquet(source, index=False)
         with pytest.raises(DataError, match=message):
             score_parquet(spark, served, str(source), str(tmp_path / f"{name}-scored.parquet"))
+    with pytest.raises(DataError, match=r"nowhere\.parquet: no such file or directory"):
+        score_parquet(spark, served, str(tmp_path / "nowhere.parquet"), str(tmp_path / "o"))
     with pytest.raises(DataError, match="the Spark engine writes Parquet"):
         score_batch(BatchConfig(input="any.parquet", output=str(tmp_path / "out.csv")), spark)
