@@ -14,7 +14,10 @@ Each choice below answers a failure measured on this machine (DESIGN.md, "Scalin
 - The rows are always repartitioned, round robin, over the workers, so that every worker holds
   both training and validation rows however the two frames were partitioned.
 - ``num_workers`` is at most the task slots: training is one barrier stage, and asking for
-  more workers than slots waits for slots that never come.
+  more workers than slots waits for slots that never come. It is also at most one per
+  ``MIN_ROWS_PER_WORKER`` rows of the smaller window: a worker left without validation (or
+  training) rows fails the fit with XGBoost's "Inconsistent `max_bin`" (xgboost 3.2 builds
+  the empty worker's matrix with its default 256 bins).
 - The booster is cut to ``best_iteration + 1`` rounds: Spark's ``transform`` stops at the best
   iteration, but ``get_booster()`` keeps every tree, and the two disagreed by up to 0.41 in
   probability here. The cut booster carries the feature names, so its file says what it reads.
@@ -51,6 +54,9 @@ VALIDATION_INDICATOR = "__is_validation__"
 # The XGBClassifier settings SparkXGBClassifier sets itself (threads: spark.task.cpus) or
 # refuses (the objective follows from the labels).
 _SET_BY_SPARK = ("n_jobs", "nthread", "objective")
+# Rows of each window per XGBoost worker, at least: spread round robin, every worker then
+# holds rows of both windows.
+MIN_ROWS_PER_WORKER = 100
 # How long to wait for a cluster's first executor before giving up.
 EXECUTOR_WAIT_SECONDS = 120.0
 
@@ -132,8 +138,9 @@ def fit_spark_xgboost(
     for frame in (training, validation):
         if frame is not None:
             _require_columns(frame, [*features, label])
+    rows = _training_rows(training, validation, features, label)
     slots = task_slots(training.sparkSession)
-    workers = min(num_workers or slots, slots)
+    workers = min(num_workers or slots, slots, _workers_the_rows_fill(rows))
     estimator = SparkXGBClassifier(
         features_col=FEATURES_VECTOR,
         label_col=label,
@@ -144,7 +151,7 @@ def fit_spark_xgboost(
         **spark_xgboost_params(twin),
     )
     logger.info("Fitting XGBoost on Spark with %d workers (%d task slots)", workers, slots)
-    return estimator.fit(_training_rows(training, validation, features, label))
+    return estimator.fit(rows)
 
 
 def fitted_candidate(
@@ -230,6 +237,12 @@ def _training_rows(
             validation.select(*columns).withColumn(VALIDATION_INDICATOR, sf.lit(True))
         )
     return assemble_features(rows, features).select(FEATURES_VECTOR, label, VALIDATION_INDICATOR)
+
+
+def _workers_the_rows_fill(rows: DataFrame) -> int:
+    """How many workers get ``MIN_ROWS_PER_WORKER`` rows of each window (at least one)."""
+    sizes = [row["count"] for row in rows.groupBy(VALIDATION_INDICATOR).count().collect()]
+    return max(1, min(sizes, default=0) // MIN_ROWS_PER_WORKER)
 
 
 def _require_columns(frame: DataFrame, needed: Sequence[str]) -> None:

@@ -187,6 +187,20 @@ def test_a_refit_boosts_the_rounds_it_is_given_without_validation(spark, windows
     assert len(refit.curves["train_logloss"]) == 7
 
 
+def test_a_small_validation_window_gets_fewer_workers_not_a_failure(spark, windows):
+    """With two workers for one validation row, one worker would have none and XGBoost would
+    fail ("Inconsistent max_bin"); under 100 rows per worker, fewer workers train."""
+    frames, features = windows
+    training = spark_rows(spark, frames.validation_train, features)
+    validation = spark_rows(spark, frames.validation.head(1), features)
+    config = ModelConfig(grid="none", n_estimators=5, early_stopping_rounds=2, n_jobs=1)
+
+    fitted = fit_spark_candidate(SPEC, config, features, training, LABEL, validation)
+
+    assert fitted.params["num_workers"] == 1
+    assert len(fitted.curves["validation_logloss"]) >= fitted.best_rounds
+
+
 def test_the_balanced_class_weight_is_counted_by_spark(spark, windows):
     frames, features = windows
     training = spark_rows(spark, frames.training, features)
