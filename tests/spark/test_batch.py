@@ -3,7 +3,8 @@ same scores."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import shutil
+from collections.abc import Iterator
 
 import mlflow
 import numpy as np
@@ -33,22 +34,11 @@ def model() -> SmallModel:
 
 
 @pytest.fixture
-def served(model) -> ServedModel:
+def served(model) -> Iterator[ServedModel]:
     """The model, logged in this test's store and loaded as the batch scorers load it."""
-    return load_served_model(model.log())
-
-
-def both_scorers(spark, served: ServedModel, source: Path, tmp_path: Path):
-    """(pandas scorer's output, Spark scorer's output, their reports) for the same file."""
-    pandas_output = tmp_path / "pandas.parquet"
-    pandas_report = score_file(
-        served, BatchConfig(model_uri=served.uri, input=str(source), output=str(pandas_output))
-    )
-    spark_output = tmp_path / "spark.parquet"
-    spark_report = score_parquet(spark, served, str(source), str(spark_output))
-    assert spark_output.is_dir()  # a Parquet dataset, written by the executors
-    written = pd.read_parquet(pandas_output), pd.read_parquet(spark_output)
-    return *written, pandas_report, spark_report
+    loaded = load_served_model(model.log())
+    yield loaded
+    shutil.rmtree(loaded.directory, ignore_errors=True)
 
 
 def test_a_featured_dataset_gets_the_pandas_scorers_columns_and_scores(
@@ -59,8 +49,14 @@ def test_a_featured_dataset_gets_the_pandas_scorers_columns_and_scores(
     rows = model.test.assign(**{DECISION_COLUMN: model.test[SMALL_DATA.columns.label_column]})
     rows.to_parquet(source, index=False)
 
-    expected, actual, pandas_report, spark_report = both_scorers(spark, served, source, tmp_path)
+    pandas_output, spark_output = tmp_path / "pandas.parquet", tmp_path / "spark.parquet"
+    pandas_report = score_file(
+        served, BatchConfig(model_uri=served.uri, input=str(source), output=str(pandas_output))
+    )
+    spark_report = score_parquet(spark, served, str(source), str(spark_output))
 
+    assert spark_output.is_dir()  # a Parquet dataset, written by the executors
+    expected, actual = pd.read_parquet(pandas_output), pd.read_parquet(spark_output)
     assert list(actual.columns) == list(expected.columns)
     assert list(actual.columns[-2:]) == [PROBABILITY_COLUMN, f"predicted_{DECISION_COLUMN}"]
     actual = actual.set_index(ID).loc[expected[ID]].reset_index()

@@ -99,14 +99,14 @@ def test_sparks_own_evaluator_is_exact_only_without_bins(spark):
     assert metrics.roc_auc(frame, "label", "score") == pytest.approx(expected, abs=TOLERANCE)
 
 
-@pytest.mark.parametrize("rate", [0.01, 0.2])
-def test_recall_at_a_false_positive_rate_equals_the_pandas_function(spark, rate):
+def test_recall_at_a_false_positive_rate_equals_the_pandas_function(spark):
     rows = scored_rows(seed=3)
     frame = spark.createDataFrame(rows)
 
-    actual = metrics.recall_at_false_positive_rate(frame, "label", "score", rate)
+    actual = metrics.recall_at_false_positive_rate(frame, "label", "score", 0.01)
 
-    expected = pandas_metrics.recall_at_false_positive_rate(rows.label, rows.score, rate)
+    expected = pandas_metrics.recall_at_false_positive_rate(rows.label, rows.score, 0.01)
+    assert 0 < expected < 1
     assert actual == pytest.approx(expected, abs=TOLERANCE)
 
 
