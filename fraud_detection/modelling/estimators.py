@@ -288,8 +288,10 @@ def feature_importance(scorer: Scorer) -> pd.Series:
     final = estimator[-1] if hasattr(estimator, "steps") else estimator
     if scorer.kind == "xgboost":
         gains = estimator.get_score(importance_type="total_gain")
-        # The booster names features f0, f1, ... (it was fitted on a matrix).
-        values = [gains.get(f"f{index}", 0.0) for index in range(len(scorer.features))]
+        # A booster fitted on a matrix names its features f0, f1, ...; the Spark engine's
+        # carries their names.
+        names = estimator.feature_names or [f"f{index}" for index in range(len(scorer.features))]
+        values = [gains.get(name, 0.0) for name in names]
     elif hasattr(final, "feature_importances_"):
         values = final.feature_importances_
     elif hasattr(final, "coef_"):
