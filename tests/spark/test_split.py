@@ -15,6 +15,7 @@ from fraud_detection.data.validation import prepare_transactions as pandas_prepa
 from fraud_detection.errors import DataError
 from fraud_detection.spark import split as spark_split
 from fraud_detection.spark.validation import prepare_transactions as spark_prepare
+from tests.support import public_data
 from tests.support.pipeline import tiny_simulation
 
 COLUMNS = TransactionColumns()
@@ -111,6 +112,41 @@ def test_a_split_short_of_feature_history_warns_as_on_the_pandas_engine(tables, 
         warnings.append(caplog.messages)
     assert warnings[1] == warnings[0]
     assert "Validation training starts 2018-04-06, 5 days into the data" in warnings[1][0]
+
+
+def test_a_48_hour_table_timed_in_seconds_splits_as_on_the_pandas_engine(spark):
+    """The public credit-card data's shape (``Time`` in seconds, no card) with the hour windows
+    docs/pipeline.md gives it: 16 hours of training, 2 of delay, 12 of test."""
+    raw = public_data.credit_card_table(rows=4_000, fraud_rate=0.02)
+    parameters = public_data.PARAMETERS
+    config = DataConfig(
+        data="public",
+        feature_columns=parameters["feature_columns"],
+        columns=TransactionColumns(
+            label_column="Class", timestamp_column="Time", amount_column="Amount"
+        ),
+    )
+    split_config = SplitConfig(
+        train_days=parameters["train_days"],
+        delay_days=parameters["delay_days"],
+        test_days=parameters["test_days"],
+    )
+    on_pandas = pandas_prepare(raw, config, "public")
+    on_spark = spark_prepare(spark.createDataFrame(raw), config, "public")
+    expected = pandas_split.plan_split(on_pandas, "Time", split_config)
+    split = spark_split.plan_split(on_spark, "Time", split_config)
+    assert split == expected
+    assert split.test.end == pd.Timestamp(0) + (public_data.LAST_SECOND + 1) * SECOND
+    windows = spark_split.training_windows(on_spark, split, config.columns, "public")
+    for name, rows in (("validation_train", windows.validation_train), ("train", windows.training)):
+        assert rows.count() == len(getattr(split, name).select(on_pandas, "Time")), name
+    for name in ("validation", "test"):
+        pandas_rows = pandas_split.evaluation_rows(on_pandas, expected, name, config.columns)
+        spark_rows = spark_split.evaluation_rows(on_spark, split, name, config.columns)
+        assert len(pandas_rows) == len(getattr(split, name).select(on_pandas, "Time"))
+        spark_rows = spark_rows.select("Time", DAY_COLUMN).toPandas().sort_values("Time")
+        assert spark_rows[DAY_COLUMN].tolist() == pandas_rows[DAY_COLUMN].tolist(), name
+        assert (spark_rows["Time"].to_numpy() == pandas_rows["Time"].to_numpy()).all(), name
 
 
 def _card_table(rows) -> pd.DataFrame:
