@@ -152,7 +152,8 @@ def test_scale_benchmark_measures_pandas_and_its_growth(tmp_path):
     figures = json.loads(out.read_text())
     for size in ("20k", "30k"):
         _peaks_and_rates(figures, f"pandas_{size}", ("driver_python",))
-    assert not any(key.startswith("spark_") for key in figures)
+    assert not any(key.startswith(("spark_20k", "spark_30k")) for key in figures)
+    assert "spark_driver_memory_growth_20k_to_30k" not in figures
     for phase in ("features", "training"):
         assert figures[f"pandas_{phase}_time_growth_20k_to_30k"] > 0
 
