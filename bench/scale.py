@@ -35,6 +35,10 @@ smallest and the largest size: ``spark_driver_memory_growth_<a>_to_<b>`` (peak d
 plus driver JVM at b over a; goal at most 1.2 from 4 M to 16 M) and
 ``<engine>_<phase>_time_growth_<a>_to_<b>`` (seconds per row at b over seconds per row at a:
 1.0 is linear).
+
+Options for other runs: ``--engines``, ``--master`` (default ``local[2]``), ``--driver-memory``
+(default 4g, the executors' heap too in local mode), ``--shuffle-partitions``, ``--rounds``
+(fewer trees: the tests), ``--data-dir`` (keep the simulated files and reuse them).
 """
 
 from __future__ import annotations
