@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from tests.support import PROJECT_DIR
+from tests.support.spark import require_spark
 
 SCRIPT = PROJECT_DIR / "bench" / "reproduce_handbook.py"
 TINY = ["--n-customers", "300", "--n-terminals", "600", "--n-folds", "1", "--n-jobs", "1"]
@@ -118,3 +119,60 @@ def test_install_footprint_benchmark_measures_a_fresh_venv(tmp_path):
     assert "pip" in project["distributions"]
     assert len(project["largest_distributions"]) <= 3
     assert list(tmp_path.iterdir()) == [out]  # the venv is gone
+
+
+def _scale(*arguments: str, cwd) -> subprocess.CompletedProcess:
+    quick = ("--rounds", "5", "--shuffle-partitions", "4", "--driver-memory", "1g")
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "bench" / "scale.py"), *quick, *arguments],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def _peaks_and_rates(figures: dict, prefix: str, roles: tuple[str, ...]) -> None:
+    assert figures[f"{prefix}_rows"] > 1_000  # the simulator draws about the size asked for
+    for phase in ("features", "training"):
+        assert figures[f"{prefix}_{phase}_rows_per_second"] > 0
+        for role in roles:
+            assert figures[f"{prefix}_{phase}_{role}_peak_gb"] >= 0
+    # The measured process itself holds at least the interpreter and pandas.
+    assert figures[f"{prefix}_all_driver_python_peak_gb"] > 0.05
+
+
+def test_scale_benchmark_measures_pandas_and_its_growth(tmp_path):
+    out = tmp_path / "scale.json"
+    result = _scale(
+        "--engines", "pandas", "--sizes", "20000,30000", "--out", str(out), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pandas   20k: features" in result.stdout
+    figures = json.loads(out.read_text())
+    for size in ("20k", "30k"):
+        _peaks_and_rates(figures, f"pandas_{size}", ("driver_python",))
+    assert not any(key.startswith(("spark_20k", "spark_30k")) for key in figures)
+    assert "spark_driver_memory_growth_20k_to_30k" not in figures
+    for phase in ("features", "training"):
+        assert figures[f"pandas_{phase}_time_growth_20k_to_30k"] > 0
+
+
+def test_scale_benchmark_measures_spark_driver_jvm_and_workers_apart(tmp_path):
+    require_spark()
+    out = tmp_path / "scale.json"
+    result = _scale("--engines", "spark", "--sizes", "20000", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    _peaks_and_rates(figures, "spark_20k", ("driver_python", "driver_jvm", "python_workers"))
+    assert figures["spark_20k_all_driver_jvm_peak_gb"] > 0.1  # the JVM was found and sampled
+    assert figures["spark_20k_training_python_workers_peak_gb"] > 0  # XGBoost ran in workers
+    assert figures["spark_20k_all_driver_peak_gb"] >= figures["spark_20k_all_driver_jvm_peak_gb"]
+    assert figures["spark_20k_spark_master"] == "local[2]"
+
+
+def test_scale_benchmark_refuses_an_unknown_engine(tmp_path):
+    result = _scale("--engines", "dask", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "expected a comma-separated list of pandas, spark, got 'dask'" in result.stderr
+    assert "Traceback" not in result.stderr
