@@ -158,6 +158,7 @@ def test_scale_benchmark_measures_pandas_and_its_growth(tmp_path):
         assert figures[f"pandas_{phase}_time_growth_20k_to_30k"] > 0
 
 
+@pytest.mark.slow  # a Spark session of its own in a fresh process: about 2 minutes
 def test_scale_benchmark_measures_spark_driver_jvm_and_workers_apart(tmp_path):
     require_spark()
     out = tmp_path / "scale.json"
