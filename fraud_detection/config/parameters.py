@@ -34,7 +34,6 @@ CHALLENGER_ALIAS = "challenger"
 MODEL_KINDS = ("xgboost", "logistic_regression", "random_forest")
 GRID_NAMES = ("none", "small", "large")
 TRACKING_MODES = ("manual", "autolog")
-ENGINES = ("pandas", "spark")
 # Days before a fraud label is known: the gap between training and test, and the lag of the
 # terminal-risk features (the book's 7).
 DEFAULT_DELAY_DAYS = 7
@@ -44,6 +43,8 @@ DEFAULT_FEATURE_WINDOWS = "1d,7d,30d"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.zip", ".csv.bz2")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 EXTRA_COLUMN_POLICIES = ("warn", "reject")
+# Where train, evaluate and serve.py batch compute: in-process pandas, or Spark (docs/spark.md).
+ENGINES = ("pandas", "spark")
 
 
 def _help(text: str) -> dict[str, Any]:
