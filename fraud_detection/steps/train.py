@@ -10,6 +10,9 @@
    most money (``modelling.threshold``); it is logged as the run's only model, threshold inside.
 
 What evaluate needs later (the data recipe, the model id) is written through ``contract``.
+Where the rows live and how a candidate is fitted and measured (pandas in this process, or
+Spark with ``engine=spark``) is the engine's part (``fraud_detection.engine``); this flow is
+the same for both.
 """
 
 from __future__ import annotations

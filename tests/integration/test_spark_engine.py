@@ -34,8 +34,16 @@ from tests.support.spark_cluster import SparkCluster
 pytestmark = [pytest.mark.slow, pytest.mark.no_tracking_store]
 
 CHAMPION = "models:/fraud-detector@champion"
-# Fewer cards than SMALL_RUN: two one-core workers on a shared machine.
-SPARK_RUN = {**SMALL_RUN, "n_customers": "200", "n_terminals": "400", "engine": "spark"}
+# Fewer cards than SMALL_RUN (two one-core workers on a shared machine; still frauds in every
+# window), and any model promoted: the round trip is tested, not the model's quality.
+SPARK_RUN = {
+    **SMALL_RUN,
+    "n_customers": "200",
+    "n_terminals": "400",
+    "min_roc_auc": "0",
+    "min_average_precision": "0",
+    "engine": "spark",
+}
 
 
 def test_pipeline_on_a_cluster_to_a_served_champion_and_a_spark_batch(
