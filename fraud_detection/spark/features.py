@@ -1,12 +1,13 @@
 """Transaction features on Spark: the pandas engine's columns (``data.features``), computed with
 window functions over event time.
 
-Each entity's window is ``Window.partitionBy(entity).orderBy(seconds).rangeBetween(lo, hi)``:
-both ends inclusive, on whole seconds, so the window ``(t - end - length, t - end]`` of pandas is
-the frame ``[-(end + length - 1), -end]``. Windows are given in seconds
-(``windows_seconds``, ``delay_seconds``); whole days give the pandas engine's names
-(``CUSTOMER_ID_NB_TX_7DAY_WINDOW``), other lengths ``..._36H_WINDOW``, ``..._90MIN_WINDOW``,
-``..._45S_WINDOW``.
+The windows are the pandas engine's: a ``config.FeatureWindows`` (the ``feature_windows``
+parameter) and the delay as a duration, read by the same functions, and the columns are named by
+the same ``data.features.feature_columns`` (``CUSTOMER_ID_NB_TX_7DAY_WINDOW``,
+``..._36H_WINDOW``, ``..._90MIN_WINDOW``). Each entity's window is
+``Window.partitionBy(entity).orderBy(seconds).rangeBetween(lo, hi)``: both ends inclusive, on
+whole seconds, so the window ``(t - end - length, t - end]`` of pandas is the frame
+``[-(end + length - 1), -end]``, with the lengths from ``FeatureWindows.seconds``.
 
 Rows at the same instant follow the rule both engines share (docs/spark.md): within one
 entity, rows are ordered by time, then transaction id (the table's order when there is no id
@@ -21,67 +22,53 @@ rounding (tests/spark/test_features.py: rtol 1e-9).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+import pandas as pd
 from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as sf
 
-from fraud_detection.config import DEFAULT_DELAY_DAYS, ConfigError, TransactionColumns
-from fraud_detection.data.features import NIGHT_LAST_HOUR, WINDOW_DAYS
+from fraud_detection.config import (
+    DEFAULT_DELAY_DAYS,
+    FeatureWindows,
+    TransactionColumns,
+    parse_duration,
+)
+from fraud_detection.config.durations import SECOND, check_range
+from fraud_detection.data.features import DEFAULT_WINDOWS, NIGHT_LAST_HOUR, feature_columns
 
-SECONDS_PER_DAY = 86_400
-DEFAULT_WINDOWS_SECONDS: tuple[int, ...] = tuple(days * SECONDS_PER_DAY for days in WINDOW_DAYS)
-DEFAULT_DELAY_SECONDS = DEFAULT_DELAY_DAYS * SECONDS_PER_DAY
 # Working columns, dropped before the result is returned.
 _SECONDS, _TIE_ORDER, _AMOUNT, _LABEL = "__seconds__", "__tie_order__", "__amount__", "__label__"
-_CUSTOMER_KINDS, _TERMINAL_KINDS = ("NB_TX", "AVG_AMOUNT"), ("NB_TX", "RISK")
-
-
-def window_name(seconds: int) -> str:
-    """The name of a window in feature names: ``7DAY``, ``36H``, ``90MIN`` or ``45S``."""
-    for unit_seconds, unit in ((SECONDS_PER_DAY, "DAY"), (3_600, "H"), (60, "MIN")):
-        if seconds % unit_seconds == 0:
-            return f"{seconds // unit_seconds}{unit}"
-    return f"{seconds}S"
-
-
-def feature_columns(windows_seconds: Sequence[int] = DEFAULT_WINDOWS_SECONDS) -> tuple[str, ...]:
-    """The engineered columns in the pandas engine's order (its ``FEATURE_COLUMNS`` for the
-    default windows): the book's fifteen, then the amount ratios."""
-    names = [window_name(seconds) for seconds in windows_seconds]
-    return (
-        "TX_AMOUNT",
-        "TX_DURING_WEEKEND",
-        "TX_DURING_NIGHT",
-        *(f"CUSTOMER_ID_{kind}_{name}_WINDOW" for name in names for kind in _CUSTOMER_KINDS),
-        *(f"TERMINAL_ID_{kind}_{name}_WINDOW" for name in names for kind in _TERMINAL_KINDS),
-        *(f"CUSTOMER_ID_AMOUNT_RATIO_{name}_WINDOW" for name in names),
-    )
 
 
 def add_features(
     frame: DataFrame,
     columns: TransactionColumns | None = None,
-    windows_seconds: Sequence[int] = DEFAULT_WINDOWS_SECONDS,
-    delay_seconds: int = DEFAULT_DELAY_SECONDS,
+    delay_days: str | float | pd.Timedelta = DEFAULT_DELAY_DAYS,
+    windows: FeatureWindows = DEFAULT_WINDOWS,
 ) -> DataFrame:
-    """Return ``frame`` with the feature columns (``feature_columns(windows_seconds)``) added.
+    """Return ``frame`` with the feature columns (``feature_columns(windows)``) added.
+
+    The Spark counterpart of ``data.features.add_features``, with the same arguments.
 
     Args:
         frame: Transactions with timestamp, customer, terminal, amount and label columns (names
             from ``columns``); the timestamp a Spark timestamp, as ``validation`` leaves it.
         columns: Column names of the table (default: the simulator's).
-        windows_seconds: Lengths of the customer and terminal windows, in seconds.
-        delay_seconds: Seconds before a fraud label is known; the terminal windows end this long
-            before each transaction.
+        delay_days: Time before a fraud label is known, as a number of days or a duration
+            (``36h``); the terminal windows end this long before each transaction.
+        windows: Lengths of the card and terminal windows (default: 1, 7 and 30 days).
 
     Returns:
         The input columns followed by the feature columns (the amount column is copied to
         ``TX_AMOUNT`` when it has another name), as the pandas engine returns them.
+
+    Raises:
+        ConfigError: when the delay is not a duration, or is negative or over 366 days.
     """
     columns = columns or TransactionColumns()
-    _check_windows(windows_seconds, delay_seconds)
-    names = feature_columns(windows_seconds)
+    delay = check_range(
+        "delay_days", parse_duration("delay_days", delay_days), delay_days, allow_zero=True
+    )
+    names = feature_columns(windows)
     timestamp = sf.col(columns.timestamp_column).cast("timestamp")
     tie_order = (
         sf.col(columns.id_column)
@@ -103,8 +90,8 @@ def add_features(
             # dayofweek: 1 is Sunday, 7 Saturday.
             "TX_DURING_WEEKEND": sf.dayofweek(timestamp).isin(1, 7).cast("tinyint"),
             "TX_DURING_NIGHT": (sf.hour(timestamp) <= NIGHT_LAST_HOUR).cast("tinyint"),
-            **_customer_features(columns.customer_column, windows_seconds),
-            **_terminal_features(columns.terminal_column, windows_seconds, delay_seconds),
+            **_customer_features(columns.customer_column, windows),
+            **_terminal_features(columns.terminal_column, windows, int(delay // SECOND)),
         }
     )
     kept = [name for name in frame.columns if name not in names]
@@ -118,18 +105,10 @@ def _labels(frame: DataFrame, label_column: str) -> Column:
     return sf.lit(None).cast("double")
 
 
-def _check_windows(windows_seconds: Sequence[int], delay_seconds: int) -> None:
-    if not windows_seconds or any(int(s) != s or s < 1 for s in windows_seconds):
-        raise ConfigError(f"feature windows must be whole seconds >= 1, got {windows_seconds}")
-    if int(delay_seconds) != delay_seconds or delay_seconds < 0:
-        raise ConfigError(f"the delay must be whole seconds >= 0, got {delay_seconds}")
-
-
-def _customer_features(customer: str, windows_seconds: Sequence[int]) -> dict[str, Column]:
+def _customer_features(customer: str, windows: FeatureWindows) -> dict[str, Column]:
     """The card's spending over each window ending at the transaction, itself included."""
     features: dict[str, Column] = {}
-    for seconds in windows_seconds:
-        name = window_name(seconds)
+    for name, seconds in zip(windows.labels, windows.seconds, strict=True):
         count, total = _backward(customer, _AMOUNT, seconds, end=0, include_current=True)
         average = total / count
         features[f"CUSTOMER_ID_NB_TX_{name}_WINDOW"] = count
@@ -142,12 +121,11 @@ def _customer_features(customer: str, windows_seconds: Sequence[int]) -> dict[st
 
 
 def _terminal_features(
-    terminal: str, windows_seconds: Sequence[int], delay_seconds: int
+    terminal: str, windows: FeatureWindows, delay_seconds: int
 ) -> dict[str, Column]:
     """The terminal's traffic and fraud rate over each window ending ``delay_seconds`` ago."""
     features: dict[str, Column] = {}
-    for seconds in windows_seconds:
-        name = window_name(seconds)
+    for name, seconds in zip(windows.labels, windows.seconds, strict=True):
         count, frauds = _backward(
             terminal, _LABEL, seconds, end=delay_seconds, include_current=False
         )

@@ -1,33 +1,38 @@
 """The time split on Spark: the pandas engine's windows (``data.split``), rows selected in Spark.
 
 Where the windows fall depends only on the data's first and last instants: one min/max aggregate
-gives them, and the pandas planner ``data.split.plan_split`` places the windows on a two-row
-summary of them, so both engines place the same windows by the same code. Selecting a window's
-rows, removing the cards already known to be compromised (``evaluation_rows``) and checking that
-a window holds both classes are done in Spark; only aggregates reach the driver.
+gives them, and the pandas engine's ``data.split.place_split`` places the windows on them, so
+both engines place the same ``TimeWindow``s by the same code (and refuse a split that does not
+fit with the same message). Selecting a window's rows by timestamp, numbering its evaluation
+days, removing the cards already known to be compromised (``evaluation_rows``) and checking
+that a window holds both classes are done in Spark; only aggregates reach the driver.
+
+A window's bounds are whole seconds (``TimeWindow.seconds``), so comparing each row's timestamp
+with them keeps a row at 12:00:00.5 where pandas keeps it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as sf
 
 from fraud_detection.config import SplitConfig, TransactionColumns
-from fraud_detection.data import split as pandas_split
 from fraud_detection.data.schema import DAY_COLUMN
-from fraud_detection.data.split import DayWindow, TimeSplit
+from fraud_detection.data.split import DAY, SECOND, TimeSplit, TimeWindow, place_split
 from fraud_detection.errors import DataError
 from fraud_detection.spark.validation import require_both_classes
 
-_FIRST_FRAUD_DAY = "__first_fraud_day__"
+_DAY_SECONDS = DAY // SECOND
+_MICROS_PER_SECOND = 1_000_000
+_FIRST_FRAUD = "__first_fraud__"
 
 
 def time_span(frame: DataFrame, timestamp_column: str) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """The first and last instants of ``frame`` (one aggregate), as pandas timestamps.
+    """The first and last instants of ``frame`` (one aggregate), as pandas timestamps in UTC
+    without a time zone.
 
     Taken as microseconds since the epoch, not as Python datetimes, which PySpark would shift
     into the driver's local time zone.
@@ -39,52 +44,71 @@ def time_span(frame: DataFrame, timestamp_column: str) -> tuple[pd.Timestamp, pd
     return pd.Timestamp(first, unit="us"), pd.Timestamp(last, unit="us")
 
 
-def plan_split(frame: DataFrame, timestamp_column: str, config: SplitConfig) -> TimeSplit:
-    """Place the windows of ``config`` on the days ``frame`` covers, as the pandas engine does.
+def plan_split(
+    frame: DataFrame,
+    timestamp_column: str,
+    config: SplitConfig,
+    warm_up: pd.Timedelta | None = None,
+) -> TimeSplit:
+    """Place the windows of ``config`` on the time ``frame`` covers, as the pandas engine does
+    (``data.split.plan_split``, with the same arguments).
 
     Raises:
-        DataError: when the windows do not fit in the data (the pandas planner's message).
+        DataError: when the windows do not fit in the data (the pandas engine's message).
     """
     first, last = time_span(frame, timestamp_column)
-    summary = pd.DataFrame({timestamp_column: [first, last]})
-    days = (summary[timestamp_column] - first.normalize()) // pd.Timedelta(days=1)
-    summary[DAY_COLUMN] = days.astype(np.int64)
-    return pandas_split.plan_split(summary, timestamp_column, config)
+    return place_split(first, last, config, warm_up)
 
 
-def select_window(frame: DataFrame, window: DayWindow) -> DataFrame:
-    """The rows of ``frame`` in ``window`` (``DayWindow.select`` on Spark)."""
-    day = sf.col(DAY_COLUMN)
-    return frame.filter((day >= window.start) & (day < window.end))
+def _instant(seconds: int | Column) -> Column:
+    """A Spark timestamp ``seconds`` after 1970-01-01 UTC (as ``TimeWindow.seconds`` counts)."""
+    return sf.timestamp_seconds(seconds if isinstance(seconds, Column) else sf.lit(seconds))
+
+
+def select_window(frame: DataFrame, window: TimeWindow, timestamp_column: str) -> DataFrame:
+    """The rows of ``frame`` at times in ``[start, end)`` (``TimeWindow.select`` on Spark)."""
+    start, end = window.seconds
+    time = sf.col(timestamp_column)
+    return frame.filter((time >= _instant(start)) & (time < _instant(end)))
 
 
 def evaluation_rows(
-    frame: DataFrame,
-    window: DayWindow,
-    history_start: int,
-    delay_days: int,
-    customer_column: str | None,
-    label_column: str,
+    frame: DataFrame, split: TimeSplit, name: str, columns: TransactionColumns
 ) -> DataFrame:
-    """Rows of ``window`` minus the cards already known to be compromised, as in the book.
+    """Rows of the ``validation`` or ``test`` window minus the cards already known to be
+    compromised; ``DAY_COLUMN`` holds each row's evaluation day (``data.split.evaluation_rows``
+    on Spark, with the same arguments and rule).
 
-    On evaluation day d, a card is known to be compromised when it had a fraud between
-    ``history_start`` and day ``d - delay_days - 1``. Each card's first fraud day is one small
-    aggregate joined back to the window's rows; without a customer column, the window is
-    returned as is (``data.split.evaluation_rows``).
+    Evaluation days are 24-hour periods from the window's start. A card is known to be
+    compromised on a day starting at s when it had a fraud between the history start
+    (``TimeSplit.evaluated``) and s - delay (strictly before). Each card's first fraud is one
+    small aggregate joined back to the window's rows; without a customer column, the window is
+    returned whole.
     """
-    rows = select_window(frame, window)
-    if customer_column is None or customer_column not in frame.columns:
-        return rows
-    history = select_window(frame, DayWindow(history_start, window.end))
-    first_fraud_day = (
-        history.filter(sf.col(label_column) == 1)
-        .groupBy(customer_column)
-        .agg(sf.min(DAY_COLUMN).alias(_FIRST_FRAUD_DAY))
+    window, history_start = split.evaluated(name)
+    time_column = columns.timestamp_column
+    start, _ = window.seconds
+    since_start = sf.unix_micros(sf.col(time_column)) - start * _MICROS_PER_SECOND
+    elapsed_days = sf.floor(since_start / (_DAY_SECONDS * _MICROS_PER_SECOND))
+    # Numbered from the data's first day, so that whole-day windows keep their day numbers.
+    first_day = (window.start - split.origin) // DAY
+    rows = select_window(frame, window, time_column).withColumn(
+        DAY_COLUMN, (elapsed_days + first_day).cast("long")
     )
-    known = sf.col(_FIRST_FRAUD_DAY) < sf.col(DAY_COLUMN) - delay_days
+    customer = columns.customer_column
+    if customer not in frame.columns:
+        return rows
+    history = select_window(frame, TimeWindow(history_start, window.end), time_column)
+    first_fraud = (
+        history.filter(sf.col(columns.label_column) == 1)
+        .groupBy(customer)
+        .agg(sf.min(time_column).alias(_FIRST_FRAUD))
+    )
+    # Whole seconds (the window's start, whole days, the delay); the fraud keeps its fraction.
+    day_start = start + elapsed_days * _DAY_SECONDS
+    known = sf.col(_FIRST_FRAUD) < _instant(day_start - split.delay // SECOND)
     return (
-        rows.join(first_fraud_day, on=customer_column, how="left")
+        rows.join(first_fraud, on=customer, how="left")
         .filter(~sf.coalesce(known, sf.lit(False)))
         .select(*rows.columns)
     )
@@ -99,34 +123,16 @@ class SparkWindows:
     training: DataFrame
 
 
-def evaluation_window(
-    frame: DataFrame, split: TimeSplit, columns: TransactionColumns, name: str
-) -> DataFrame:
-    """Rows of the ``validation`` or ``test`` window, known-compromised cards removed."""
-    window, history_start = {
-        "validation": (split.validation, split.validation_train.start),
-        "test": (split.test, split.train.start),
-    }[name]
-    customer = columns.customer_column
-    return evaluation_rows(
-        frame,
-        window,
-        history_start,
-        split.delay_days,
-        customer if customer in frame.columns else None,
-        columns.label_column,
-    )
-
-
 def training_windows(
     frame: DataFrame, split: TimeSplit, columns: TransactionColumns, source: str
 ) -> SparkWindows:
     """The validation-training, validation and training rows, each checked for both classes
     with the pandas engine's message (one aggregate per window)."""
+    time_column = columns.timestamp_column
     windows = SparkWindows(
-        validation_train=select_window(frame, split.validation_train),
-        validation=evaluation_window(frame, split, columns, "validation"),
-        training=select_window(frame, split.train),
+        validation_train=select_window(frame, split.validation_train, time_column),
+        validation=evaluation_rows(frame, split, "validation", columns),
+        training=select_window(frame, split.train, time_column),
     )
     for name, rows in vars(windows).items():
         where = f"{source}, {name.replace('_', ' ')} window"

@@ -7,12 +7,15 @@ each window directly).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from fraud_detection.config import DataConfig, TransactionColumns
+from fraud_detection.config import ConfigError, DataConfig, FeatureWindows, TransactionColumns
 from fraud_detection.data import features as pandas_features
+from fraud_detection.data.schema import DAY_COLUMN
 from fraud_detection.data.validation import prepare_transactions as pandas_prepare
 from fraud_detection.spark import features as spark_features
 from fraud_detection.spark.reading import read_source
@@ -23,11 +26,11 @@ RTOL = 1e-9
 DAY, HOUR = 86_400, 3_600
 
 
-def _spark_features(spark, table: pd.DataFrame, columns=None, **windows) -> pd.DataFrame:
+def _spark_features(spark, table: pd.DataFrame, columns=None, **arguments) -> pd.DataFrame:
     """The Spark engine's features of ``table`` (checked as in the pipeline), by transaction id."""
     config = DataConfig(data="table", columns=columns or TransactionColumns())
     prepared = spark_prepare(spark.createDataFrame(table), config, "table")
-    featured = spark_features.add_features(prepared, config.columns, **windows)
+    featured = spark_features.add_features(prepared, config.columns, **arguments)
     return featured.toPandas().set_index(config.columns.id_column).sort_index()
 
 
@@ -41,17 +44,10 @@ def _assert_same_features(spark_frame, pandas_frame, names) -> None:
             np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=0, err_msg=name)
 
 
-def test_default_windows_give_the_pandas_engines_names():
-    assert spark_features.feature_columns() == pandas_features.FEATURE_COLUMNS
-    assert spark_features.DEFAULT_WINDOWS_SECONDS == (DAY, 7 * DAY, 30 * DAY)
-    names = [spark_features.window_name(s) for s in (DAY, 36 * HOUR, 90 * 60, 45, 2 * HOUR)]
-    assert names == ["1DAY", "36H", "90MIN", "45S", "2H"]
-
-
 def test_simulated_data_equals_the_pandas_engine(spark):
     table = pandas_prepare(tiny_simulation(seed=3, n_days=40), DataConfig(), "tiny")
     expected = pandas_features.add_features(table).set_index("TRANSACTION_ID")
-    featured = _spark_features(spark, table.drop(columns="TX_TIME_DAYS"))
+    featured = _spark_features(spark, table.drop(columns=DAY_COLUMN))
     assert list(featured.columns) == list(expected.columns)  # same columns, same order
     assert len(featured) == len(expected)
     _assert_same_features(featured, expected, pandas_features.FEATURE_COLUMNS)
@@ -92,7 +88,7 @@ def test_ties_bursts_and_boundaries_equal_the_pandas_engine(spark, delay_days):
     config = DataConfig(data="crafted", columns=CRAFTED_COLUMNS)
     prepared = pandas_prepare(table, config, "crafted")
     expected = pandas_features.add_features(prepared, CRAFTED_COLUMNS, delay_days=delay_days)
-    featured = _spark_features(spark, table, CRAFTED_COLUMNS, delay_seconds=delay_days * DAY)
+    featured = _spark_features(spark, table, CRAFTED_COLUMNS, delay_days=delay_days)
     _assert_same_features(
         featured, expected.set_index("TRANSACTION_ID"), pandas_features.FEATURE_COLUMNS
     )
@@ -146,12 +142,11 @@ def _reference(table: pd.DataFrame, entity: str, value: str, length: int, end: i
 def test_hour_windows_follow_the_rule(spark):
     """Windows that are not whole days (36 h, 90 min) against a brute-force reference."""
     table = _crafted()
-    windows = (36 * HOUR, 90 * 60)
-    featured = _spark_features(
-        spark, table, CRAFTED_COLUMNS, windows_seconds=windows, delay_seconds=HOUR
-    ).loc[table["TRANSACTION_ID"]]
-    for length in windows:
-        name = spark_features.window_name(length)
+    windows = FeatureWindows.parse("36h,90min")
+    featured = _spark_features(spark, table, CRAFTED_COLUMNS, delay_days="1h", windows=windows).loc[
+        table["TRANSACTION_ID"]
+    ]
+    for name, length in zip(windows.labels, windows.seconds, strict=True):
         count, total = _reference(table, "CUSTOMER_ID", "amount", length, 0, current=True)
         np.testing.assert_array_equal(featured[f"CUSTOMER_ID_NB_TX_{name}_WINDOW"], count)
         np.testing.assert_allclose(
@@ -161,6 +156,29 @@ def test_hour_windows_follow_the_rule(spark):
         np.testing.assert_array_equal(featured[f"TERMINAL_ID_NB_TX_{name}_WINDOW"], count)
         risk = np.divide(frauds, count, out=np.zeros_like(frauds), where=count > 0)
         np.testing.assert_allclose(featured[f"TERMINAL_ID_RISK_{name}_WINDOW"], risk, rtol=RTOL)
+
+
+@pytest.mark.parametrize(
+    ("windows", "delay"),
+    [("1h,6h,24h", "2h"), ("36h,90min,45s", "1h30min"), ("1d,2h", 0)],
+)
+def test_hour_windows_and_delays_equal_the_pandas_engine(spark, windows, delay):
+    """Hour, minute and second windows with an hour delay: the same columns, names and values
+    on both engines (simulated days, then the crafted ties and boundaries)."""
+    windows = FeatureWindows.parse(windows)
+    names = pandas_features.feature_columns(windows)
+    assert any("H_WINDOW" in name for name in names)  # not the default day names
+    simulated = pandas_prepare(tiny_simulation(seed=5, n_days=6), DataConfig(), "tiny")
+    crafted = pandas_prepare(_crafted(), DataConfig(data="c", columns=CRAFTED_COLUMNS), "c")
+    for table, columns in ((simulated, TransactionColumns()), (crafted, CRAFTED_COLUMNS)):
+        expected = pandas_features.add_features(table, columns, delay_days=delay, windows=windows)
+        expected = expected.set_index("TRANSACTION_ID")
+        featured = _spark_features(
+            spark, table.drop(columns=DAY_COLUMN), columns, delay_days=delay, windows=windows
+        )
+        assert list(featured.columns) == list(expected.columns)
+        assert len(featured) == len(expected)
+        _assert_same_features(featured, expected, names)
 
 
 def test_without_an_id_ties_follow_the_files_order(spark, tmp_path):
@@ -174,7 +192,7 @@ def test_without_an_id_ties_follow_the_files_order(spark, tmp_path):
         pandas_prepare(pd.read_csv(path), config, str(path)), columns, delay_days=0
     )
     prepared = spark_prepare(read_source(spark, str(path)), config, str(path))
-    featured = spark_features.add_features(prepared, columns, delay_seconds=0).toPandas()
+    featured = spark_features.add_features(prepared, columns, delay_days=0).toPandas()
     key = ["TX_DATETIME", "CUSTOMER_ID", "amount"]  # unique in this table
     featured = featured.set_index(key).sort_index()
     expected = expected.set_index(key).sort_index()
@@ -182,12 +200,15 @@ def test_without_an_id_ties_follow_the_files_order(spark, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("windows", "delay", "message"),
-    [((), 0, "feature windows"), ((0,), 0, "feature windows"), ((DAY,), -1, "delay")],
+    ("delay", "message"),
+    [
+        (-1, "delay_days must be at least 0 and at most 366 days, got -1"),
+        ("400d", "delay_days must be at least 0 and at most 366 days, got '400d'"),
+        ("soon", "delay_days must be a number of days or a duration like 36h or 90min"),
+        ("1.5s", "delay_days must be a whole number of seconds"),
+    ],
 )
-def test_bad_windows_are_refused(spark, windows, delay, message):
-    from fraud_detection.config import ConfigError
-
+def test_bad_delays_are_refused_with_the_parameters_message(spark, delay, message):
     frame = spark.createDataFrame(_crafted())
-    with pytest.raises(ConfigError, match=message):
-        spark_features.add_features(frame, CRAFTED_COLUMNS, windows, delay)
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        spark_features.add_features(frame, CRAFTED_COLUMNS, delay_days=delay)
