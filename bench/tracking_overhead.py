@@ -41,16 +41,14 @@ from fraud_detection.data.windows import (
     prepare_data,
     training_windows,
 )
+from fraud_detection.engine import window_metrics
 from fraud_detection.modelling.estimators import (
     Scorer,
     candidate_specs,
     fit_candidate,
 )
 from fraud_detection.modelling.threshold import tune_threshold
-from fraud_detection.steps.train import (
-    train,
-    window_metrics,
-)
+from fraud_detection.steps.train import train
 
 logger = logging.getLogger("bench.tracking_overhead")
 

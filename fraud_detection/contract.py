@@ -69,6 +69,8 @@ CANDIDATE_TAG = PREFIX + "candidate"
 BEST_CANDIDATE_RUN_TAG = PREFIX + "best_candidate_run_id"
 DATA_SOURCE_PARAM = "data_source"
 DATA_FINGERPRINT_PARAM = "data_fingerprint"
+# The train step's own parameter (``TrainConfig.engine``); runs from before it: pandas.
+ENGINE_PARAM = "engine"
 RESOLVED_TRAIN_START_PARAM = "resolved_train_start"
 DATA_RECIPE_ARTIFACT = "data_recipe.json"
 CHECKPOINTS_ARTIFACT_DIR = "checkpoints"
@@ -147,6 +149,11 @@ def write_data_recipe(run_id: str, data: DataConfig, split: SplitConfig) -> None
     days, read the same way.
     """
     MlflowClient().log_dict(run_id, flatten(data) | flatten(split), DATA_RECIPE_ARTIFACT)
+
+
+def engine_of(train_run: Run) -> str:
+    """The engine a train run computed its data with (its fingerprint is that engine's)."""
+    return train_run.data.params.get(ENGINE_PARAM, "pandas")
 
 
 def read_data_recipe(train_run: Run) -> tuple[DataConfig, SplitConfig]:

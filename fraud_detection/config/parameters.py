@@ -43,6 +43,8 @@ DEFAULT_FEATURE_WINDOWS = "1d,7d,30d"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.zip", ".csv.bz2")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 EXTRA_COLUMN_POLICIES = ("warn", "reject")
+# Where train, evaluate and serve.py batch compute: in-process pandas, or Spark (docs/spark.md).
+ENGINES = ("pandas", "spark")
 
 
 def _help(text: str) -> dict[str, Any]:
@@ -52,6 +54,22 @@ def _help(text: str) -> dict[str, Any]:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _engine_field(what: str) -> Any:
+    """An ``engine`` field: which engine computes ``what`` (checked by ``check_engine``)."""
+    return field(
+        default="pandas",
+        metadata=_help(
+            f"Engine that computes {what}: pandas (in this process) or spark (a Spark session; "
+            "needs the spark extra, docs/spark.md)."
+        ),
+    )
+
+
+def check_engine(engine: str) -> None:
+    """Raise ``ConfigError`` unless ``engine`` is one of ``ENGINES``."""
+    _require(engine in ENGINES, f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
 
 
 def _parse_date(name: str, value: str) -> None:
@@ -425,6 +443,10 @@ class TrainConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    engine: str = _engine_field("the features, the split and the XGBoost fits")
+
+    def __post_init__(self) -> None:
+        check_engine(self.engine)
 
 
 @dataclass(frozen=True)
@@ -439,6 +461,10 @@ class EvaluateConfig:
         metadata=_help("Registered model whose @champion is scored on the same rows."),
     )
     gate: GateConfig = field(default_factory=GateConfig)
+    engine: str = _engine_field("the test window and its metrics")
+
+    def __post_init__(self) -> None:
+        check_engine(self.engine)
 
 
 @dataclass(frozen=True)
@@ -511,6 +537,10 @@ class PipelineConfig:
         default=False,
         metadata=_help("Register without promoting; a reviewer promotes with --approve-version."),
     )
+    engine: str = _engine_field("train's and evaluate's data and fits")
+
+    def __post_init__(self) -> None:
+        check_engine(self.engine)
 
 
 @dataclass(frozen=True)
@@ -539,8 +569,10 @@ class BatchConfig:
         ),
     )
     columns: TransactionColumns = field(default_factory=TransactionColumns)
+    engine: str = _engine_field("the features and scores (spark writes a Parquet directory)")
 
     def __post_init__(self) -> None:
+        check_engine(self.engine)
         _require(bool(self.input), "--input is required: the CSV or Parquet file to score")
         _require(
             self.output.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES),

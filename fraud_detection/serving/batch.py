@@ -79,7 +79,12 @@ class BatchReport:
 
 
 def score_batch(config: BatchConfig) -> str:
-    """Score ``config.input`` with ``config.model_uri`` into ``config.output``."""
+    """Score ``config.input`` with ``config.model_uri`` into ``config.output`` (on Spark with
+    ``--engine spark``: ``spark.batch``, a Parquet directory out)."""
+    if config.engine == "spark":
+        from fraud_detection.spark import batch as spark_batch  # PySpark is an optional extra
+
+        return spark_batch.score_batch(config)
     follower = ModelFollower(config.model_uri, poll_seconds=0)
     model = follower.load()
     try:

@@ -10,8 +10,9 @@ scores of the pandas scorer, written by the executors, nothing collected to the 
 A dataset that holds the model's feature columns is scored as it is. Raw transactions need
 the features computed first: that is the ``raw_features`` hook (``RawFeatures``), which
 takes the raw rows and returns them with the feature columns added, computed as training
-computed them (``model.config`` has the recipe: ``delay_days``). Without a hook, raw
-transactions are refused with a message that says so.
+computed them (``model.config`` has the recipe: ``delay_days``, ``feature_windows``). By
+default it is ``spark_features``: the Spark features over the whole input, as the pandas
+scorer computes them over its whole file (the history a row's windows reach is in the input).
 
 Spark writes the directory with its own commit protocol: the files appear when every task
 has finished. An existing output is replaced (as the pandas scorer replaces its file). The
@@ -32,11 +33,19 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as sf
 from pyspark.sql.types import BooleanType, NumericType
 
-from fraud_detection.config import PARQUET_SUFFIXES, BatchConfig, TransactionColumns
+from fraud_detection.config import (
+    DEFAULT_DELAY_DAYS,
+    DEFAULT_FEATURE_WINDOWS,
+    PARQUET_SUFFIXES,
+    BatchConfig,
+    FeatureWindows,
+    TransactionColumns,
+)
 from fraud_detection.errors import DataError
 from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
 from fraud_detection.serving.batch import output_column
 from fraud_detection.serving.follower import ModelFollower, ServedModel
+from fraud_detection.spark.features import add_features
 from fraud_detection.spark.scoring import score_frame
 from fraud_detection.spark.session import spark_session
 
@@ -44,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 # Raw transactions -> the same rows with the model's feature columns added. Its arguments:
 # the raw rows as read, the table's column names, the model's model_config (its feature
-# recipe). The integrator connects the Spark features here (fraud_detection.spark.features).
+# recipe). Default: ``spark_features``.
 RawFeatures = Callable[[DataFrame, TransactionColumns, Mapping[str, Any]], DataFrame]
 _OUTPUTS = (PROBABILITY_COLUMN, DECISION_COLUMN)
 
@@ -70,10 +79,19 @@ class SparkBatchReport:
         )
 
 
+def spark_features(
+    frame: DataFrame, columns: TransactionColumns, settings: Mapping[str, Any]
+) -> DataFrame:
+    """``frame`` with the model's engineered features, by the recipe in its ``settings``."""
+    windows = FeatureWindows.parse(settings.get("feature_windows", DEFAULT_FEATURE_WINDOWS))
+    delay = settings.get("delay_days", DEFAULT_DELAY_DAYS)
+    return add_features(frame, columns, delay_days=delay, windows=windows)
+
+
 def score_batch(
     config: BatchConfig,
     spark: SparkSession | None = None,
-    raw_features: RawFeatures | None = None,
+    raw_features: RawFeatures | None = spark_features,
 ) -> str:
     """Score ``config.input`` with ``config.model_uri`` into ``config.output`` on Spark
     (``spark``, or the session ``spark.session`` configures); return the report."""

@@ -40,8 +40,7 @@ from fraud_detection.contract import (
     TrainedModel,
 )
 from fraud_detection.data.schema import DAY_COLUMN
-from fraud_detection.data.validation import require_both_classes
-from fraud_detection.data.windows import PreparedData, evaluation_window, prepare_data
+from fraud_detection.engine import Engine, TestData, engine_for
 from fraud_detection.errors import LineageError, OutageError
 from fraud_detection.hardening.datasets import pandas_dataset
 from fraud_detection.hardening.outages import diagnose
@@ -99,9 +98,12 @@ class Criterion:
 class TestWindow:
     """The rows a train run's model has never seen, rebuilt from its data recipe."""
 
-    prepared: PreparedData
-    rows: pd.DataFrame
+    data: TestData  # source, fingerprint, split and the rows
     data_config: DataConfig
+
+    @property
+    def rows(self) -> pd.DataFrame:
+        return self.data.rows
 
 
 def evaluate(config: EvaluateConfig) -> str:
@@ -111,7 +113,7 @@ def evaluate(config: EvaluateConfig) -> str:
         train_run = find_step_run(experiment, Step.TRAIN, config.run_id)
         trained = TrainedModel.of(train_run)
         mlflow.set_tags(Evaluation.lineage_tags(trained.run_id, trained.model_id))
-        test = rebuild_test_window(train_run, trained)
+        test = rebuild_test_window(train_run, trained, engine_for(config.engine))
 
         model = mlflow.pyfunc.load_model(f"models:/{trained.model_id}")
         settings = model.model_config
@@ -158,20 +160,26 @@ def evaluate(config: EvaluateConfig) -> str:
         )
 
 
-def rebuild_test_window(train_run: Run, trained: TrainedModel) -> TestWindow:
-    """The train run's test window: its recipe rebuilt, the data checked to be the same."""
+def rebuild_test_window(train_run: Run, trained: TrainedModel, engine: Engine) -> TestWindow:
+    """The train run's test window: its recipe rebuilt, the data checked to be the same.
+
+    Each engine digests the data its own way: a run trained on one engine is evaluated on it.
+    """
     data_config, split_config = contract.read_data_recipe(train_run)
-    prepared = prepare_data(data_config, split_config)
-    if trained.data_fingerprint != prepared.transactions.fingerprint:
+    trained_on = contract.engine_of(train_run)
+    if trained_on != engine.name:
         raise LineageError(
-            f"{prepared.transactions.source}: the data changed since train run "
-            f"{trained.run_id} (fingerprint {prepared.transactions.fingerprint}, trained on "
+            f"train run {trained.run_id} ran with engine={trained_on}: evaluate it with "
+            f"engine={trained_on} (each engine fingerprints the data its own way)"
+        )
+    data = engine.test_window(data_config, split_config)
+    if trained.data_fingerprint != data.fingerprint:
+        raise LineageError(
+            f"{data.source}: the data changed since train run "
+            f"{trained.run_id} (fingerprint {data.fingerprint}, trained on "
             f"{trained.data_fingerprint}); evaluate needs the same data"
         )
-    rows = evaluation_window(prepared, data_config, "test")
-    label = data_config.columns.label_column
-    require_both_classes(rows[label], f"{prepared.transactions.source}, test window")
-    return TestWindow(prepared, rows, data_config)
+    return TestWindow(data, data_config)
 
 
 def _test_dataset(
@@ -184,7 +192,7 @@ def _test_dataset(
         test.rows[columns].assign(
             **{SCORE_COLUMN: candidate.probabilities, DECISION_EVALUATED: candidate.decisions}
         ),
-        test.prepared.transactions.source,
+        test.data.source,
         name="transactions-test",
         label=label,
         predictions=DECISION_EVALUATED,
@@ -520,8 +528,7 @@ def _model_card(
     criteria: list[Criterion],
     figures: dict[str, bytes],
 ) -> ModelCard:
-    described = test.prepared.split.describe()
-    transactions = test.prepared.transactions
+    described = test.data.split.describe()
     return ModelCard(
         title=(
             f"Fraud model card: {settings['model_kind']} trained on "
@@ -532,8 +539,8 @@ def _model_card(
             "train run": trained.run_id,
             "evaluate run": run.info.run_id,
             "git commit": trained.git_commit,
-            "data source": transactions.source,
-            "data fingerprint": transactions.fingerprint,
+            "data source": test.data.source,
+            "data fingerprint": test.data.fingerprint,
         },
         windows={
             name: f"{described[f'{name}_first_day']} .. {described[f'{name}_last_day']}"

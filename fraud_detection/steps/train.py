@@ -10,6 +10,9 @@
    most money (``modelling.threshold``); it is logged as the run's only model, threshold inside.
 
 What evaluate needs later (the data recipe, the model id) is written through ``contract``.
+Where the rows live and how a candidate is fitted and measured (pandas in this process, or
+Spark with ``engine=spark``) is the engine's part (``fraud_detection.engine``); this flow is
+the same for both.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.models.model import ModelInfo
@@ -34,13 +37,12 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from mlflow.utils.time import get_current_time_millis
 
 from fraud_detection import contract
-from fraud_detection.config import DataConfig, ModelConfig, TrainConfig
+from fraud_detection.config import ModelConfig, TrainConfig
 from fraud_detection.config.fields import flatten
 from fraud_detection.contract import Step
-from fraud_detection.data.schema import DAY_COLUMN
-from fraud_detection.data.windows import PreparedData, Windows, prepare_data, training_windows
+from fraud_detection.engine import Engine, TrainingData, engine_for
 from fraud_detection.errors import PipelineError
-from fraud_detection.hardening.datasets import log_datasets, pandas_dataset
+from fraud_detection.hardening.datasets import log_datasets
 from fraud_detection.hardening.logging_lane import LoggingLane
 from fraud_detection.hardening.outages import call_with_store_retry
 from fraud_detection.hardening.recovery import delete_failed_models
@@ -49,10 +51,8 @@ from fraud_detection.modelling.estimators import (
     FittedCandidate,
     Scorer,
     candidate_specs,
-    fit_candidate,
-    matrix,
 )
-from fraud_detection.modelling.metrics import RANKING_METRICS, fraud_metrics
+from fraud_detection.modelling.metrics import RANKING_METRICS
 from fraud_detection.modelling.pyfunc import (
     ESTIMATOR_ARTIFACT,
     MODEL_CODE,
@@ -61,7 +61,7 @@ from fraud_detection.modelling.pyfunc import (
     model_requirements,
     model_signature,
 )
-from fraud_detection.modelling.threshold import ThresholdChoice, tune_threshold
+from fraud_detection.modelling.threshold import ThresholdChoice
 from fraud_detection.tracking import step_run
 
 logger = logging.getLogger(__name__)
@@ -78,23 +78,22 @@ def train(config: TrainConfig) -> str:
         LoggingLane() as lane,
     ):
         run_id = run.info.run_id
-        prepared = prepare_data(config.data, config.split)
-        windows = training_windows(prepared, config.data)
-        lane.submit(_log_lineage, run_id, prepared, config, windows)
+        engine = engine_for(config.engine)
+        data = engine.prepare_training(config)
+        lane.submit(_log_lineage, run_id, data, config, engine)
 
-        specs = candidate_specs(config.model)
-        best, best_run = _sweep(specs, config, prepared.features, windows, run, lane)
-        final = _refit(best, config, prepared.features, windows.training, run_id, lane)
-        choice = _tune_threshold(best, windows.validation, prepared.features, config)
-        model_info = _log_model_riding_outages(
-            run_id, final, choice.threshold, windows.validation, config
-        )
+        specs = engine.candidate_specs(candidate_specs(config.model))
+        best, best_run = _sweep(specs, config, data, run, lane, engine)
+        final = _refit(best, config, data, run_id, lane, engine)
+        choice = engine.tune_threshold(best, data.validation, data.features, config)
+        example = engine.example(data.validation, final.features)
+        model_info = _log_model_riding_outages(run_id, final, choice.threshold, example, config)
 
         validation_metrics = _validation_metrics(best_run, choice)
         outcome = _outcome(
             model_info.model_id,
             validation_metrics,
-            _data_metrics(prepared, windows, config.data.columns.label_column),
+            data.data_metrics,
             {"best_candidate": best.spec.name, "best_rounds": best.best_rounds},
             {
                 contract.MODEL_ID_TAG: model_info.model_id,
@@ -110,31 +109,17 @@ def train(config: TrainConfig) -> str:
         )
 
 
-def window_metrics(
-    frame: pd.DataFrame, scores: np.ndarray, data_config: DataConfig
-) -> dict[str, float]:
-    """Fraud metrics of ``scores`` on ``frame`` (card precision when cards are known)."""
-    columns = data_config.columns
-    has_cards = columns.customer_column in frame.columns
-    return fraud_metrics(
-        frame[columns.label_column],
-        scores,
-        days=frame[DAY_COLUMN] if has_cards else None,
-        customers=frame[columns.customer_column] if has_cards else None,
-    )
-
-
 def _sweep(
     specs: Sequence[CandidateSpec],
     config: TrainConfig,
-    features: tuple[str, ...],
-    windows: Windows,
+    data: TrainingData,
     run: mlflow.ActiveRun,
     lane: LoggingLane,
+    engine: Engine,
 ) -> tuple[FittedCandidate, Run]:
     """Fit every candidate in a child run; return the best one and its child run."""
     with _autolog(config.model.tracking_mode == "autolog", lane):
-        fitted = _run_candidates(specs, config, features, windows, run, lane)
+        fitted = _run_candidates(specs, config, data, run, lane, engine)
     lane.drain()  # every child run on the server before asking it for the best
     best_run = call_with_store_retry(best_candidate_run, run.info.experiment_id, run.info.run_id)
     best = fitted[contract.candidate_of(best_run)]
@@ -156,19 +141,6 @@ def best_candidate_run(experiment_id: str, parent_run_id: str) -> Run:
     if not runs:
         raise PipelineError(f"train run {parent_run_id}: no candidate finished")
     return runs[0]
-
-
-def _tune_threshold(
-    best: FittedCandidate, validation: pd.DataFrame, features: tuple[str, ...], config: TrainConfig
-) -> ThresholdChoice:
-    columns = config.data.columns
-    return tune_threshold(
-        best.estimator,
-        matrix(validation, features),
-        validation[columns.label_column].to_numpy(),
-        validation[columns.amount_column].to_numpy(),
-        config.cost.review_cost,
-    )
 
 
 def _validation_metrics(best_run: Run, choice: ThresholdChoice) -> dict[str, float]:
@@ -206,30 +178,32 @@ def _autolog(enabled: bool, lane: LoggingLane) -> Iterator[None]:
 def _run_candidates(
     specs: Sequence[CandidateSpec],
     config: TrainConfig,
-    features: tuple[str, ...],
-    windows: Windows,
+    data: TrainingData,
     parent: mlflow.ActiveRun,
     lane: LoggingLane,
+    engine: Engine,
 ) -> dict[str, FittedCandidate]:
     """Fit every candidate in its own nested run, in turn or in parallel processes.
 
     Fitted in turn, each finished candidate's child run is sent through ``lane`` while the next
-    one trains; the caller drains the lane before reading the child runs back.
+    one trains; the caller drains the lane before reading the child runs back. An engine whose
+    rows cannot be pickled (Spark's) fits in turn: it spreads each fit over its executors.
     """
     jobs = [
         _CandidateJob(
             spec=spec,
             config=config,
-            features=features,
-            validation_train=windows.validation_train,
-            validation=windows.validation,
+            engine=engine,
+            features=data.features,
+            validation_train=data.validation_train,
+            validation=data.validation,
             experiment_id=parent.info.experiment_id,
             parent_run_id=parent.info.run_id,
             tracking_uri=mlflow.get_tracking_uri(),
         )
         for spec in specs
     ]
-    workers = min(config.model.parallel_candidates, len(jobs))
+    workers = min(config.model.parallel_candidates, len(jobs)) if engine.parallel_processes else 1
     if workers == 1 and config.model.tracking_mode == "manual":
         results = _fit_in_turn_log_behind(jobs, lane)
     elif workers == 1:  # autologging logs during the fit: the child run must be active then
@@ -269,9 +243,10 @@ class _CandidateJob:
 
     spec: CandidateSpec
     config: TrainConfig
+    engine: Engine
     features: tuple[str, ...]
-    validation_train: pd.DataFrame
-    validation: pd.DataFrame
+    validation_train: Any  # the engine's frames
+    validation: Any
     experiment_id: str
     parent_run_id: str
     tracking_uri: str
@@ -308,7 +283,7 @@ class _CandidateJob:
     def fit(self, model_config: ModelConfig) -> tuple[FittedCandidate, dict[str, float]]:
         """Fit on the validation-training window; score the validation window."""
         label = self.config.data.columns.label_column
-        fitted = fit_candidate(
+        fitted = self.engine.fit(
             self.spec,
             model_config,
             self.features,
@@ -316,8 +291,10 @@ class _CandidateJob:
             label,
             validation=self.validation,
         )
-        scores = fitted.predict_proba(self.validation, self.features)
-        return fitted, window_metrics(self.validation, scores, self.config.data)
+        metrics = self.engine.window_metrics(
+            fitted, self.validation, self.features, self.config.data
+        )
+        return fitted, metrics
 
     def log_child_run(
         self, fitted: FittedCandidate, metrics: dict[str, float], started: int, ended: int
@@ -391,10 +368,10 @@ def _curve_metrics(curves: dict[str, list[float]], timestamp: int) -> list[Metri
 def _refit(
     best: FittedCandidate,
     config: TrainConfig,
-    features: tuple[str, ...],
-    training: pd.DataFrame,
+    data: TrainingData,
     run_id: str,
     lane: LoggingLane,
+    engine: Engine,
 ) -> Scorer:
     """Refit the winner on the training window; queue its checkpoints and training curve."""
     callbacks = []
@@ -404,11 +381,11 @@ def _refit(
         from xgboost.callback import TrainingCheckPoint
 
         callbacks.append(TrainingCheckPoint(str(checkpoints), name="booster", interval=every))
-    final = fit_candidate(
+    final = engine.fit(
         best.spec,
         config.model,
-        features,
-        training,
+        data.features,
+        data.training,
         config.data.columns.label_column,
         rounds=best.best_rounds,
         callbacks=callbacks,
@@ -419,16 +396,7 @@ def _refit(
     curves = {name: values for name, values in final.curves.items() if name.startswith("train_")}
     if curves:
         lane.submit(_log_in_batches, run_id, _curve_metrics(curves, get_current_time_millis()))
-    return Scorer.from_fitted(final, features)
-
-
-def _data_metrics(prepared: PreparedData, windows: Windows, label: str) -> dict[str, float]:
-    return {
-        "data_fraud_rate": float(prepared.table[label].mean()),
-        "training_rows": len(windows.training),
-        "training_fraud_rate": float(windows.training[label].mean()),
-        "validation_rows": len(windows.validation),
-    }
+    return Scorer.from_fitted(final, data.features)
 
 
 def _outcome(
@@ -462,44 +430,30 @@ def _log_outcome(run_id: str, outcome: dict[str, list]) -> None:
     MlflowClient().log_batch(run_id, **outcome)
 
 
-def _log_lineage(
-    run_id: str, prepared: PreparedData, config: TrainConfig, windows: Windows
-) -> None:
+def _log_lineage(run_id: str, data: TrainingData, config: TrainConfig, engine: Engine) -> None:
     """Record what the model was trained on: the recipe to rebuild it, dates, digests, datasets.
 
     Logged by run id, from the step's logging lane (repeating it is harmless).
     """
-    split = prepared.split
-    label = config.data.columns.label_column
+    split = data.split
     contract.write_data_recipe(run_id, config.data, config.split)
     params = {
-        contract.DATA_SOURCE_PARAM: prepared.transactions.source,
-        contract.DATA_FINGERPRINT_PARAM: prepared.transactions.fingerprint,
+        contract.DATA_SOURCE_PARAM: data.source,
+        contract.DATA_FINGERPRINT_PARAM: data.fingerprint,
         contract.RESOLVED_TRAIN_START_PARAM: split.text(split.train.start),
-        "n_transactions": len(prepared.table),
+        "n_transactions": data.n_transactions,
         **split.describe(),
     }
     MlflowClient().log_batch(
         run_id, params=[Param(key, str(value)) for key, value in params.items()]
     )
-    columns = [*prepared.features, label]
-    frames = {"training": windows.training, "validation": windows.validation}
-    log_datasets(
-        run_id,
-        {
-            context: pandas_dataset(
-                frame[columns],
-                prepared.transactions.source,
-                name=f"transactions-{context}",
-                label=label,
-            )
-            for context, frame in frames.items()
-        },
-    )
+    datasets = engine.datasets(data, config.data.columns.label_column)
+    if datasets:
+        log_datasets(run_id, datasets)
 
 
 def _log_model_riding_outages(
-    run_id: str, scorer: Scorer, threshold: float, validation: pd.DataFrame, config: TrainConfig
+    run_id: str, scorer: Scorer, threshold: float, example: pd.DataFrame, config: TrainConfig
 ) -> ModelInfo:
     """``_log_model``, repeated while a store is down; the attempts that failed are deleted.
 
@@ -511,7 +465,7 @@ def _log_model_riding_outages(
     def attempt() -> ModelInfo:
         nonlocal attempts
         attempts += 1
-        return _log_model(scorer, threshold, validation, config)
+        return _log_model(scorer, threshold, example, config)
 
     info = call_with_store_retry(attempt)
     if attempts > 1:
@@ -521,9 +475,10 @@ def _log_model_riding_outages(
 
 
 def _log_model(
-    scorer: Scorer, threshold: float, validation: pd.DataFrame, config: TrainConfig
+    scorer: Scorer, threshold: float, example: pd.DataFrame, config: TrainConfig
 ) -> ModelInfo:
-    example = validation.loc[:, list(scorer.features)].head(5).astype(np.float64)
+    """Log ``scorer`` as the run's pyfunc model, ``threshold`` inside; ``example``: a few
+    validation rows of its features, as doubles."""
     with tempfile.TemporaryDirectory() as scratch:
         estimator_path = scorer.save(Path(scratch))
         return mlflow.pyfunc.log_model(

@@ -14,6 +14,7 @@ from fraud_detection.cli import (
 )
 from fraud_detection.config import (
     DEFAULT_FEATURE_WINDOWS,
+    BatchConfig,
     ConfigError,
     DataConfig,
     EvaluateConfig,
@@ -211,3 +212,20 @@ def test_the_default_windows_and_their_mlproject_text():
 )
 def test_durations_are_told_in_words(duration, words):
     assert format_duration(duration) == words
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda engine: TrainConfig(engine=engine),
+        lambda engine: EvaluateConfig(engine=engine),
+        lambda engine: PipelineConfig(engine=engine),
+        lambda engine: BatchConfig(input="t.csv", output="s.parquet", engine=engine),
+    ],
+    ids=["train", "evaluate", "main", "batch"],
+)
+def test_engine_accepts_pandas_and_spark_and_names_them_otherwise(make) -> None:
+    assert make("pandas").engine == "pandas"
+    assert make("spark").engine == "spark"
+    with pytest.raises(ConfigError, match=r"engine must be one of pandas, spark, got 'dask'"):
+        make("dask")

@@ -19,6 +19,7 @@ from xgboost.spark import SparkXGBClassifierModel
 
 from fraud_detection.config import DataConfig, ModelConfig, SplitConfig, TrainConfig
 from fraud_detection.data.windows import Windows, prepare_data, training_windows
+from fraud_detection.engine import PandasEngine
 from fraud_detection.errors import DataError, PipelineError
 from fraud_detection.modelling.estimators import (
     CandidateSpec,
@@ -144,7 +145,8 @@ def test_the_logged_pyfunc_model_predicts_what_the_booster_predicts(spark_fit):
     )
     scorer = Scorer.from_fitted(candidate, features)
     with mlflow.start_run():
-        info = _log_model(scorer, choice.threshold, validation, TrainConfig(data=DATA))
+        example = PandasEngine().example(validation, features)
+        info = _log_model(scorer, choice.threshold, example, TrainConfig(data=DATA))
 
     model = mlflow.pyfunc.load_model(info.model_uri)
     predicted = model.predict(validation[list(features)])

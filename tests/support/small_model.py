@@ -10,6 +10,7 @@ import pandas as pd
 
 from fraud_detection.config import ModelConfig, SplitConfig, TrainConfig
 from fraud_detection.data.windows import evaluation_window, prepare_data, training_windows
+from fraud_detection.engine import PandasEngine
 from fraud_detection.modelling.estimators import (
     CandidateSpec,
     FittedCandidate,
@@ -37,7 +38,8 @@ class SmallModel:
     def log(self) -> str:
         """Log the model as the train step does (in the current tracking store); its URI."""
         with mlflow.start_run():
-            info = _log_model(self.scorer, THRESHOLD, self.validation, TrainConfig(data=SMALL_DATA))
+            example = PandasEngine().example(self.validation, self.scorer.features)
+            info = _log_model(self.scorer, THRESHOLD, example, TrainConfig(data=SMALL_DATA))
         return info.model_uri
 
 

@@ -1,0 +1,125 @@
+"""engine=spark through the steps: train, evaluate and register in-process on a local session,
+to a @champion that the pandas pyfunc scores as any other model."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("pyspark", reason='the Spark engine needs PySpark: pip install -e ".[spark]"')
+
+from fraud_detection.config import (
+    CHAMPION_ALIAS,
+    ENGINES,
+    BatchConfig,
+    ConfigError,
+    DataConfig,
+    EvaluateConfig,
+    GateConfig,
+    ModelConfig,
+    RegisterConfig,
+    SplitConfig,
+    TrainConfig,
+)
+from fraud_detection.contract import Step
+from fraud_detection.engine import PandasEngine
+from fraud_detection.errors import LineageError
+from fraud_detection.modelling.estimators import CandidateSpec
+from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
+from fraud_detection.serving.batch import score_batch
+from fraud_detection.spark.engine import SparkEngine
+from fraud_detection.steps.evaluate import evaluate
+from fraud_detection.steps.register import register
+from fraud_detection.steps.train import train
+from tests.support.pipeline import MODEL_NAME, latest_run, tiny_simulation
+from tests.support.small_model import SmallModel, small_model
+
+# Tiny on purpose (the machine is shared): 30 days of 150 cards, short windows (seed 4: frauds
+# in every window, 4 of them in the test window). Any model is promoted: the round trip is
+# tested, not the model's quality.
+DATA = DataConfig(n_customers=150, n_terminals=300, n_days=30, seed=4, feature_windows="1d,3d")
+SPLIT = SplitConfig(train_days="5", delay_days="2", test_days="4")
+ANY_MODEL = GateConfig(min_roc_auc=0.0, min_average_precision=0.0)
+ID = DATA.columns.id_column
+MODEL = ModelConfig(
+    model_kinds="xgboost,logistic_regression",
+    grid="none",
+    n_estimators=30,
+    early_stopping_rounds=10,
+    n_jobs=1,
+)
+
+
+@pytest.fixture(scope="module")
+def model() -> SmallModel:
+    return small_model()
+
+
+def test_spark_train_evaluate_register_reaches_a_champion_the_pandas_pyfunc_scores(
+    spark, experiment, caplog
+):
+    with caplog.at_level(logging.WARNING, logger="fraud_detection.spark.engine"):
+        train(TrainConfig(data=DATA, split=SPLIT, model=MODEL, engine="spark"))
+    skipped = [r.getMessage() for r in caplog.records if "skipping model kinds" in r.getMessage()]
+    assert skipped == [
+        "engine=spark: skipping model kinds without a Spark implementation: logistic_regression"
+    ]
+    train_run = latest_run(Step.TRAIN)
+    assert train_run.data.params["engine"] == "spark"
+    assert train_run.data.params["best_candidate"] == "xgboost"
+    assert 0.0 < train_run.data.metrics["validation_average_precision"] <= 1.0
+
+    evaluate(EvaluateConfig(run_id=train_run.info.run_id, gate=ANY_MODEL, engine="spark"))
+    evaluate_run = latest_run(Step.EVALUATE)
+    assert 0.0 <= evaluate_run.data.metrics["test_roc_auc"] <= 1.0
+    register(RegisterConfig(run_id=evaluate_run.info.run_id))
+
+    champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}")
+    settings = champion.model_config
+    rows = SparkEngine(spark).test_window(DATA, SPLIT).rows
+    output = champion.predict(rows[list(settings["features"])])
+    probabilities = output[PROBABILITY_COLUMN].to_numpy()
+    assert len(output) == len(rows) and np.all((probabilities >= 0) & (probabilities <= 1))
+    expected = (probabilities >= settings["threshold"]).astype(np.int64)
+    np.testing.assert_array_equal(output[DECISION_COLUMN].to_numpy(), expected)
+
+
+def test_spark_engine_refuses_a_sweep_with_no_xgboost(spark):
+    with pytest.raises(ConfigError, match=r"engine=spark trains xgboost only.*random_forest"):
+        SparkEngine(spark).candidate_specs([CandidateSpec("random_forest")])
+
+
+def test_a_run_trained_on_pandas_is_not_evaluated_on_spark(spark, experiment):
+    train(TrainConfig(data=DATA, split=SPLIT, model=MODEL))
+    run_id = latest_run(Step.TRAIN).info.run_id
+    with pytest.raises(LineageError, match="ran with engine=pandas: evaluate it with engine"):
+        evaluate(EvaluateConfig(run_id=run_id, engine="spark"))
+    assert PandasEngine().name == latest_run(Step.TRAIN).data.params["engine"]
+
+
+def test_serve_batch_with_engine_spark_computes_features_and_scores_as_pandas(
+    spark, model, tmp_path
+):
+    uri = model.log()
+    source = tmp_path / "raw.parquet"
+    raw = tiny_simulation(seed=8, n_days=40).drop(columns="TX_FRAUD_SCENARIO")
+    raw.to_parquet(source, index=False)
+    outputs = {engine: tmp_path / f"{engine}.parquet" for engine in ENGINES}
+
+    for engine, output in outputs.items():
+        score_batch(
+            BatchConfig(model_uri=uri, input=str(source), output=str(output), engine=engine)
+        )
+
+    expected, actual = (pd.read_parquet(outputs[engine]) for engine in ENGINES)
+    assert outputs["spark"].is_dir()  # written by the executors
+    assert list(actual.columns) == list(expected.columns)
+    actual = actual.set_index(ID).loc[expected[ID]].reset_index()
+    np.testing.assert_allclose(
+        actual[PROBABILITY_COLUMN], expected[PROBABILITY_COLUMN], rtol=1e-5, atol=1e-9
+    )
+    assert actual[DECISION_COLUMN].sum() == expected[DECISION_COLUMN].sum()
