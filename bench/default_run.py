@@ -23,16 +23,20 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 METRICS = ("test_roc_auc", "test_average_precision", "test_card_precision_at_100")
 
 
-def run_default_pipeline(workdir: Path) -> dict[str, float]:
-    """Run the quick start's pipeline in a copy of the project under ``workdir``."""
+def run_default_pipeline(workdir: Path, timeout: float = 900, **params: str) -> dict[str, float]:
+    """Run the quick start's pipeline in a copy of the project under ``workdir`` (``params``:
+    `-P` parameters on top of the defaults)."""
     from mlflow.tracking import MlflowClient
 
     from tests.support.processes import copy_project, mlflow_environment, mlflow_run
 
     project = copy_project(workdir / "project")
-    env = mlflow_environment(None, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    # Spark, when asked for, binds to loopback (this machine has other interfaces).
+    env = mlflow_environment(
+        None, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", SPARK_LOCAL_IP="127.0.0.1"
+    )
     started = time.perf_counter()
-    result = mlflow_run(project, env, "--experiment-name", "fraud-detection", cwd=project)
+    result = mlflow_run(project, env, "--experiment-name", "fraud-detection", cwd=project, **params)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"the pipeline failed:\n{result.stderr[-3000:]}")

@@ -104,6 +104,7 @@ def mlflow_run(
     *args: str,
     env_manager: str = "local",
     cwd: Path | None = None,
+    timeout: float = COMMAND_TIMEOUT_S,
     **params: str,
 ) -> subprocess.CompletedProcess:
     """`mlflow run <project> --env-manager <env_manager> <args> -P key=value...`."""
@@ -111,7 +112,7 @@ def mlflow_run(
     command += args
     for key, value in params.items():
         command += ["-P", f"{key}={value}"]
-    return run_command(command, env, cwd=cwd)
+    return run_command(command, env, cwd=cwd, timeout=timeout)
 
 
 def assert_succeeded(result: subprocess.CompletedProcess) -> None:
