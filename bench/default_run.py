@@ -36,7 +36,9 @@ def run_default_pipeline(workdir: Path, timeout: float = 900, **params: str) -> 
         None, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true", SPARK_LOCAL_IP="127.0.0.1"
     )
     started = time.perf_counter()
-    result = mlflow_run(project, env, "--experiment-name", "fraud-detection", cwd=project, **params)
+    result = mlflow_run(
+        project, env, "--experiment-name", "fraud-detection", cwd=project, timeout=timeout, **params
+    )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"the pipeline failed:\n{result.stderr[-3000:]}")
