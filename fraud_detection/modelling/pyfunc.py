@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from mlflow.types import ColSpec, DataType, Schema
 
+from fraud_detection.config import DEFAULT_DELAY_DAYS, DEFAULT_FEATURE_WINDOWS, FeatureWindows
 from fraud_detection.modelling.estimators import (
     Scorer,
     matrix,
@@ -141,6 +142,13 @@ def model_config(
         "feature_windows": str(feature_windows),
         "review_cost": float(review_cost),
     }
+
+
+def feature_recipe(settings: Mapping[str, Any]) -> tuple[str, FeatureWindows]:
+    """The label delay and feature windows that ``model_config`` stored, with the defaults of
+    models logged before they were recorded."""
+    delay = str(settings.get("delay_days", DEFAULT_DELAY_DAYS))
+    return delay, FeatureWindows.parse(settings.get("feature_windows", DEFAULT_FEATURE_WINDOWS))
 
 
 def _require_finite(values: np.ndarray, features: Sequence[str]) -> None:

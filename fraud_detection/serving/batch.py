@@ -30,8 +30,6 @@ import numpy as np
 import pandas as pd
 
 from fraud_detection.config import (
-    DEFAULT_DELAY_DAYS,
-    DEFAULT_FEATURE_WINDOWS,
     PARQUET_SUFFIXES,
     BatchConfig,
     DataConfig,
@@ -43,7 +41,7 @@ from fraud_detection.data.features import DEFAULT_WINDOWS, add_features
 from fraud_detection.data.reading import read_chunks
 from fraud_detection.data.validation import prepare_transactions
 from fraud_detection.errors import DataError
-from fraud_detection.modelling.pyfunc import DECISION_COLUMN
+from fraud_detection.modelling.pyfunc import DECISION_COLUMN, feature_recipe
 from fraud_detection.serving.follower import ModelFollower, ServedModel
 
 logger = logging.getLogger(__name__)
@@ -118,14 +116,8 @@ def score_file(model: ServedModel, config: BatchConfig) -> BatchReport:
                         raise DataError(
                             f"{config.input}: missing feature column(s) {', '.join(missing)}"
                         )
-                    stream = StreamingFeatures(
-                        config.columns,
-                        settings.get("delay_days", DEFAULT_DELAY_DAYS),
-                        config.input,
-                        FeatureWindows.parse(
-                            settings.get("feature_windows", DEFAULT_FEATURE_WINDOWS)
-                        ),
-                    )
+                    delay, windows = feature_recipe(settings)
+                    stream = StreamingFeatures(config.columns, delay, config.input, windows)
                 ready, featured = stream.finish() if last else stream.push(chunk)
                 values = featured[features].to_numpy(np.float64)
             report.seconds["features"] += time.perf_counter() - started

@@ -34,15 +34,12 @@ from pyspark.sql import functions as sf
 from pyspark.sql.types import BooleanType, NumericType
 
 from fraud_detection.config import (
-    DEFAULT_DELAY_DAYS,
-    DEFAULT_FEATURE_WINDOWS,
     PARQUET_SUFFIXES,
     BatchConfig,
-    FeatureWindows,
     TransactionColumns,
 )
 from fraud_detection.errors import DataError
-from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
+from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN, feature_recipe
 from fraud_detection.serving.batch import output_column
 from fraud_detection.serving.follower import ModelFollower, ServedModel
 from fraud_detection.spark.features import add_features
@@ -83,8 +80,7 @@ def spark_features(
     frame: DataFrame, columns: TransactionColumns, settings: Mapping[str, Any]
 ) -> DataFrame:
     """``frame`` with the model's engineered features, by the recipe in its ``settings``."""
-    windows = FeatureWindows.parse(settings.get("feature_windows", DEFAULT_FEATURE_WINDOWS))
-    delay = settings.get("delay_days", DEFAULT_DELAY_DAYS)
+    delay, windows = feature_recipe(settings)
     return add_features(frame, columns, delay_days=delay, windows=windows)
 
 
