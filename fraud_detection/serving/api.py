@@ -389,6 +389,13 @@ def _worker_main(config: ApiConfig, sock: socket.socket) -> None:
         raise SystemExit(1) from None
 
 
+# How a worker ends when it is stopped: uvicorn's clean exit (0), the loading phase's
+# SystemExit(128 + signal), or the default action of the signal (still importing).
+_STOPPED_EXIT_CODES = frozenset(
+    code for signum in (signal.SIGINT, signal.SIGTERM) for code in (0, -signum, 128 + signum)
+)
+
+
 def _supervise(config: ApiConfig, sock: socket.socket) -> None:
     """Run ``config.workers`` worker processes on ``sock``; stop them all on a signal.
 
@@ -412,11 +419,15 @@ def _supervise(config: ApiConfig, sock: socket.socket) -> None:
             worker.start()
         logger.info("Started %d workers: %s", len(workers), [w.pid for w in workers])
         failed = None
-        while not stopping.is_set() and failed is None:
+        while not stopping.is_set():
             multiprocessing.connection.wait([w.sentinel for w in workers], timeout=0.5)
-            failed = next((w for w in workers if w.exitcode not in (None, 0)), None)
-            if all(w.exitcode == 0 for w in workers):
-                break  # every worker stopped cleanly (a signal sent to the whole group)
+            ended = [w for w in workers if w.exitcode is not None]
+            failed = next((w for w in ended if w.exitcode not in _STOPPED_EXIT_CODES), None)
+            if ended:
+                # A crash stops the service (and fails it); a worker that was stopped (the
+                # signal sent to the whole group reaches the workers too, loading or serving)
+                # stops the service cleanly.
+                break
     finally:
         for worker in workers:
             if worker.is_alive():

@@ -3,7 +3,8 @@
 - a client written for `mlflow models serve` gets the same answers from `serve.py api`;
 - the @champion alias is moved (promotion, then rollback) while clients keep sending requests:
   no request fails, and every answer comes whole from one version;
-- several workers share the port and stop together.
+- several workers share the port and stop together; a stop while they load is a clean stop, a
+  worker that dies fails the service.
 """
 
 from __future__ import annotations
@@ -320,3 +321,38 @@ def test_several_workers_share_the_port_and_stop_together(store, rows, tmp_path)
                 assert (status, headers["x-model-version"]) == (200, "1")
             connection.close()
     assert exit_code == [0]
+
+
+def test_a_stop_while_the_workers_load_the_model_is_a_clean_stop(store, tmp_path):
+    """SIGTERM to the group while the workers are still loading (CI hit it: the service answered
+    on one worker while the other was still loading when the test stopped it, and the supervisor
+    took the loading worker's stop for a crash). A stop is a stop: exit 0, nothing left behind."""
+    command = _serve_api(f"models:/{MODEL_NAME}@champion", "--workers", "2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = store
+    log = tmp_path / "server.log"
+    with background_process(command, log, env=env, cwd=tmp_path) as server:
+        server.wait_until(lambda: "Started 2 workers" in log.read_text(), 120, "serve.py api")
+        time.sleep(0.5)  # the workers are importing and loading: loading takes seconds
+        assert "Serving models:/" not in log.read_text()
+        server.stop()
+    assert server.process.returncode == 0, log.read_text()
+    assert "exited with" not in log.read_text()
+
+
+def test_a_worker_that_dies_stops_the_service_with_an_error(store, tmp_path):
+    """A worker killed (the OOM killer's SIGKILL) is a crash, not a stop: the supervisor stops
+    the other worker and fails, so that systemd or Kubernetes restarts the service whole."""
+    command = _serve_api(f"models:/{MODEL_NAME}@champion", "--workers", "2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = store
+    log = tmp_path / "server.log"
+    base = f"http://127.0.0.1:{command[-1]}"
+    with background_process(command, log, env=env, cwd=tmp_path) as server:
+        server.wait_until(lambda: http_ok(f"{base}/ping"), 120, "serve.py api")
+        started = next(line for line in log.read_text().splitlines() if "Started 2 workers" in line)
+        victim = json.loads(started.split(": ", 2)[-1])[0]
+        os.kill(victim, 9)
+        server.process.wait(timeout=60)
+    assert server.process.returncode == 1
+    assert f"(pid {victim}) exited with -9" in log.read_text()
