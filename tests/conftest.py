@@ -9,7 +9,6 @@ a run open fails. The spool of repairs (``hardening.spool``) is private to each 
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,14 +37,6 @@ from tests.support.spark_cluster import SparkCluster, standalone_cluster
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _no_traffic_beyond_loopback() -> None:
-    """MLflow 3 reports usage to its telemetry host; these tests talk to 127.0.0.1 only (the
-    variables reach every process the tests start)."""
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    os.environ["DO_NOT_TRACK"] = "true"
 
 
 @pytest.fixture(scope="session")

@@ -87,3 +87,11 @@ def test_a_deleted_experiment_is_named(tracking_uri):
     client.delete_experiment(client.create_experiment("gone"))
     with pytest.raises(ConfigError, match="experiment 'gone' is deleted"):
         get_or_create_experiment("gone")
+
+
+def test_the_tests_send_no_telemetry():
+    """tests/__init__.py switches MLflow's telemetry off before MLflow is imported: no client,
+    so no request beyond 127.0.0.1 and no telemetry thread importing beside autolog."""
+    from mlflow.telemetry.client import get_telemetry_client
+
+    assert get_telemetry_client() is None
