@@ -27,7 +27,7 @@ test:
 
 ## The integration layer: mlflow run, servers, PostgreSQL + S3, uv, git
 test-integration:
-	pytest -m slow -n auto --dist loadfile
+	pytest -m slow
 
 ## Both layers
 test-all: test test-integration
