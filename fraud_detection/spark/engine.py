@@ -15,9 +15,10 @@ decision) come from aggregates, under the same names. Its one plot is the featur
 the curves are drawn on the pandas engine.
 
 Not on Spark: the logistic-regression and random-forest candidates (skipped, with one warning),
-XGBoost checkpoints of the refit (none are written), the MLflow datasets of the training and
-validation windows (the lineage parameters are logged as on pandas), and parallel candidate
-processes (each fit already spreads over the executors).
+XGBoost checkpoints of the refit (none are written), the MLflow datasets of the training,
+validation and test windows (the lineage parameters are logged as on pandas), parallel
+candidate processes (each fit already spreads over the executors), and evaluate's curves and
+confusion matrix.
 """
 
 from __future__ import annotations
