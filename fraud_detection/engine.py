@@ -2,7 +2,8 @@
 
 Train and evaluate keep one flow (``steps``); what depends on where the rows live goes through
 an ``Engine``: preparing the windows, fitting a candidate, scoring and measuring a window,
-tuning the threshold. ``PandasEngine`` is the in-process engine every default run uses;
+tuning the threshold, and evaluating the test window (the candidate and the champion scored
+and measured where the rows live). ``PandasEngine`` is the in-process engine every default run uses;
 ``spark.engine.SparkEngine`` does the same on a Spark session (``engine_for("spark")``).
 Both hand back the same objects (``FittedCandidate``, ``ThresholdChoice``, plain metric
 dictionaries), so the logged model, the registry and serving do not know which engine ran.
@@ -30,6 +31,12 @@ from fraud_detection.modelling.estimators import (
     fit_candidate,
     matrix,
 )
+from fraud_detection.modelling.evaluation import (
+    ChampionVersion,
+    ModelUnderTest,
+    WindowEvaluation,
+    evaluate_on_pandas,
+)
 from fraud_detection.modelling.metrics import fraud_metrics
 from fraud_detection.modelling.threshold import ThresholdChoice, tune_threshold
 
@@ -51,12 +58,13 @@ class TrainingData:
 
 @dataclass(frozen=True)
 class TestData:
-    """Evaluate's test window, rebuilt from a train run's recipe, as a pandas frame."""
+    """Evaluate's test window, rebuilt from a train run's recipe, as the engine's frame."""
 
     source: str
     fingerprint: str
     split: TimeSplit
-    rows: pd.DataFrame  # raw columns and features, known-compromised cards removed
+    rows: Any  # pandas or Spark DataFrame: raw columns and features, known-compromised
+    # cards removed
 
 
 class Engine(Protocol):
@@ -99,6 +107,17 @@ class Engine(Protocol):
     def datasets(self, data: TrainingData, label: str) -> dict[str, Dataset]: ...
 
     def test_window(self, data: DataConfig, split: SplitConfig) -> TestData: ...
+
+    def evaluate_window(
+        self,
+        test: TestData,
+        data: DataConfig,
+        candidate: ModelUnderTest,
+        champion: ChampionVersion | None,
+    ) -> WindowEvaluation:
+        """Score the test rows with the candidate and the champion, log their ``test_*`` and
+        ``champion_test_*`` metrics (linked to each model) and plots, and return them."""
+        ...
 
 
 def engine_for(name: str) -> Engine:
@@ -220,3 +239,13 @@ class PandasEngine:
         source = prepared.transactions.source
         require_both_classes(rows[data.columns.label_column], f"{source}, test window")
         return TestData(source, prepared.transactions.fingerprint, prepared.split, rows)
+
+    def evaluate_window(
+        self,
+        test: TestData,
+        data: DataConfig,
+        candidate: ModelUnderTest,
+        champion: ChampionVersion | None,
+    ) -> WindowEvaluation:
+        """``mlflow.models.evaluate`` of both models' predictions on the rows, and the plots."""
+        return evaluate_on_pandas(test.rows, test.source, data, candidate, champion)

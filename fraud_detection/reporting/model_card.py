@@ -21,6 +21,7 @@ class ModelCard:
     champion_label: str  # e.g. "champion v3", or "no champion"
     gate: list[tuple[str, bool, str]]  # (criterion, passed, detail)
     plots: dict[str, bytes] = field(default_factory=dict)  # artifact file name -> PNG
+    plots_note: str = ""  # why some plots are not drawn (engine=spark), shown above them
 
 
 def _number(value: float | None) -> str:
@@ -42,6 +43,7 @@ def to_markdown(card: ModelCard) -> str:
     lines += ["", "## Promotion gate", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {name}: {detail}" for name, ok, detail in card.gate]
     lines += ["", "## Plots", ""]
+    lines += [card.plots_note, ""] if card.plots_note else []
     lines += [f"![{name}]({name})" for name in card.plots]
     return "\n".join(lines) + "\n"
 
@@ -67,6 +69,7 @@ def to_html(card: ModelCard) -> str:
         f'{base64.b64encode(png).decode()}"><figcaption>{escape(name)}</figcaption></figure>'
         for name, png in card.plots.items()
     )
+    note = f"<p>{escape(card.plots_note)}</p>" if card.plots_note else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{escape(card.title)}</title>
 <style>
@@ -82,6 +85,6 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 28em; }}
 <h2>Test metrics</h2>
 <table><tr><th>metric</th><th>candidate</th><th>{escape(card.champion_label)}</th></tr>{rows}</table>
 <h2>Promotion gate</h2><ul>{gate}</ul>
-<h2>Plots</h2>{images}
+<h2>Plots</h2>{note}{images}
 </body></html>
 """

@@ -7,15 +7,18 @@ known-compromised cards removed (``split``); the XGBoost candidates fit with
 pandas engine's 400 quantile candidates, no sampling). Only aggregates reach the driver, and
 five rows as the logged model's input example.
 
-Evaluate's test window is built by Spark from the train run's recipe, then its evaluated
-columns (features, label, amount, time, day, card) are collected for the unchanged evaluation
-(``mlflow.models.evaluate``, the plots, the champion's scores): the one place where rows reach
-the driver, a test window's worth.
+Evaluate's test window is built by Spark from the train run's recipe and stays there
+(``evaluation``): the candidate and the current champion score it through ``spark_udf``, the
+scored columns are persisted once, and the metrics the pandas engine logs (ROC AUC, average
+precision, recall at 1% FPR, card precision@100, savings and the classifier metrics at the
+decision) come from aggregates, under the same names. Its one plot is the feature importance;
+the curves are drawn on the pandas engine.
 
 Not on Spark: the logistic-regression and random-forest candidates (skipped, with one warning),
-XGBoost checkpoints of the refit (none are written), the MLflow datasets of the training and
-validation windows (the lineage parameters are logged as on pandas), and parallel candidate
-processes (each fit already spreads over the executors).
+XGBoost checkpoints of the refit (none are written), the MLflow datasets of the training,
+validation and test windows (the lineage parameters are logged as on pandas), parallel
+candidate processes (each fit already spreads over the executors), and evaluate's curves and
+confusion matrix.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from fraud_detection.data.features import model_features
 from fraud_detection.data.schema import DAY_COLUMN
 from fraud_detection.engine import TestData, TrainingData
 from fraud_detection.modelling.estimators import CandidateSpec, FittedCandidate, Scorer
+from fraud_detection.modelling.evaluation import ChampionVersion, ModelUnderTest, WindowEvaluation
 from fraud_detection.modelling.threshold import ThresholdChoice
 from fraud_detection.spark import features as spark_features
 from fraud_detection.spark import split as spark_split
+from fraud_detection.spark.evaluation import evaluate_on_spark
 from fraud_detection.spark.metrics import fraud_metrics
 from fraud_detection.spark.reading import load_transactions
 from fraud_detection.spark.scoring import score_with_scorer
@@ -166,7 +171,7 @@ class SparkEngine:
         return {}
 
     def test_window(self, data: DataConfig, split: SplitConfig) -> TestData:
-        """The test window built by Spark; its evaluated columns collected, in time order."""
+        """The test window built by Spark, as a Spark DataFrame (nothing collected)."""
         config = TrainConfig(data=data, split=split)
         columns = data.columns
         loaded = load_transactions(self.spark, data)
@@ -184,9 +189,17 @@ class SparkEngine:
             columns.id_column,
         ]
         kept = [name for name in dict.fromkeys(wanted) if name in rows.columns]
-        order = [name for name in (columns.timestamp_column, columns.id_column) if name in kept]
-        table = rows.select(*kept).orderBy(*order).toPandas()
-        return TestData(loaded.source, loaded.fingerprint, planned, table)
+        return TestData(loaded.source, loaded.fingerprint, planned, rows.select(*kept))
+
+    def evaluate_window(
+        self,
+        test: TestData,
+        data: DataConfig,
+        candidate: ModelUnderTest,
+        champion: ChampionVersion | None,
+    ) -> WindowEvaluation:
+        """Both models scored by ``spark_udf`` on the rows, measured by Spark aggregates."""
+        return evaluate_on_spark(test.rows, data, candidate, champion)
 
 
 def featured(frame: DataFrame, config: TrainConfig) -> tuple[DataFrame, pd.Timedelta | None]:

@@ -2,10 +2,13 @@
 
 1. The train run's ``data_recipe.json`` rebuilds the same data (checked against its
    fingerprint), features and split; the test window is what the model has never seen.
-2. The candidate and the current champion score exactly the same rows.
-3. ``mlflow.models.evaluate`` logs the standard classifier metrics and the confusion matrix
-   at the model's threshold, plus the fraud metrics (custom metrics) and plots (custom
-   artifacts), linked to each model's id.
+2. The candidate and the current champion score exactly the same rows, where the engine
+   holds them (``Engine.evaluate_window``).
+3. Their metrics are logged, linked to each model's id: the standard classifier metrics at
+   the model's threshold and the fraud metrics. On the pandas engine ``mlflow.models.evaluate``
+   logs them with the confusion matrix and the plots (``modelling.evaluation``); on Spark, the
+   same metrics under the same names come from aggregates (``spark.evaluation``), with the
+   feature importance as the one plot.
 4. ``mlflow.validate_evaluation_results`` applies the gate: absolute floors, and no worse
    than the champion on the same rows. The outcome is recorded for ``register``.
 5. A model card (Markdown and HTML) summarises it all.
@@ -13,78 +16,40 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import mlflow
-import numpy as np
-import pandas as pd
-from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
-from mlflow.models import EvaluationResult, MetricThreshold, make_metric
+from mlflow.models import EvaluationResult, MetricThreshold
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 from mlflow.tracking import MlflowClient
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fraud_detection import contract
 from fraud_detection.config import CHAMPION_ALIAS, DataConfig, EvaluateConfig, GateConfig
 from fraud_detection.config.fields import flatten
-from fraud_detection.contract import (
-    CHAMPION_PREFIX,
-    TEST_PREFIX,
-    Evaluation,
-    Step,
-    TrainedModel,
-)
-from fraud_detection.data.schema import DAY_COLUMN
+from fraud_detection.contract import TEST_PREFIX, Evaluation, Step, TrainedModel
 from fraud_detection.engine import Engine, TestData, engine_for
-from fraud_detection.errors import LineageError, OutageError
-from fraud_detection.hardening.datasets import pandas_dataset
-from fraud_detection.hardening.outages import diagnose
+from fraud_detection.errors import LineageError
 from fraud_detection.hardening.registry_change import version_by_alias
-from fraud_detection.modelling.estimators import feature_importance
-from fraud_detection.modelling.metrics import (
-    CARD_PRECISION_K,
-    RANKING_METRICS,
-    card_precision_at_k,
-    recall_at_false_positive_rate,
-    savings,
-    savings_curve,
+from fraud_detection.modelling.evaluation import (
+    Champion,
+    ChampionVersion,
+    ModelUnderTest,
+    WindowEvaluation,
+    unprefixed,
 )
-from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
-from fraud_detection.reporting import plots
+from fraud_detection.modelling.metrics import CARD_PRECISION_K, RANKING_METRICS
 from fraud_detection.reporting.model_card import ModelCard, to_html, to_markdown
 from fraud_detection.tracking import find_step_run, step_run
 
 logger = logging.getLogger(__name__)
 
-# The model's outputs, as columns of the evaluation frame: named apart from any column of the
-# user's data (a label column called is_fraud, the model's own decision column, is common).
-SCORE_COLUMN = "__model_fraud_probability__"
-DECISION_EVALUATED = "__model_decision__"
 # MetricThreshold only compares with a strictly positive min_absolute_change; "no worse than the
 # champion, within tolerance" is expressed by lowering the baseline by tolerance + 2 * EPSILON
 # and requiring a change of EPSILON (so equal metrics pass).
 EPSILON = 1e-9
-
-
-@dataclass(frozen=True)
-class Scored:
-    """A model's output on the test rows."""
-
-    probabilities: np.ndarray
-    decisions: np.ndarray
-
-
-@dataclass(frozen=True)
-class Champion:
-    version: str
-    model_id: str | None
-    scored: Scored | None  # None: it could not score these rows (see problem)
-    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,7 +67,8 @@ class TestWindow:
     data_config: DataConfig
 
     @property
-    def rows(self) -> pd.DataFrame:
+    def rows(self) -> Any:
+        """The engine's frame: pandas, or Spark (never collected)."""
         return self.data.rows
 
 
@@ -113,28 +79,18 @@ def evaluate(config: EvaluateConfig) -> str:
         train_run = find_step_run(experiment, Step.TRAIN, config.run_id)
         trained = TrainedModel.of(train_run)
         mlflow.set_tags(Evaluation.lineage_tags(trained.run_id, trained.model_id))
-        test = rebuild_test_window(train_run, trained, engine_for(config.engine))
-
-        model = mlflow.pyfunc.load_model(f"models:/{trained.model_id}")
-        settings = model.model_config
-        features = list(settings["features"])
-        candidate = _predict(model, test.rows[features])
-        champion = _score_champion(config.model_name, test.rows[features])
-        context = _MetricContext(test.rows, test.data_config, settings["review_cost"])
-        dataset = _test_dataset(test, features, context, candidate)
-
-        figures: dict[str, bytes] = {}
-        plot = _plot_artifacts(
-            context, candidate, champion, settings, model.unwrap_python_model(), figures
+        engine = engine_for(config.engine)
+        test = rebuild_test_window(train_run, trained, engine)
+        candidate = ModelUnderTest.load(trained.model_id)
+        settings = candidate.settings
+        measured = engine.evaluate_window(
+            test.data, test.data_config, candidate, _champion_version(config.model_name)
         )
-        candidate_result = _evaluate_predictions(
-            dataset, trained.model_id, TEST_PREFIX, context, plot=plot
-        )
-        champion_metrics = _evaluate_champion(dataset.df, champion, context)
-        criteria = check_gate(candidate_result, champion_metrics, config.gate, champion)
+        champion, champion_metrics = measured.champion, measured.champion_metrics
+        criteria = check_gate(measured.candidate, champion_metrics, config.gate, champion)
         passed = all(criterion.passed for criterion in criteria)
         _record_gate(criteria, passed, champion)
-        candidate_metrics = _unprefixed(candidate_result.metrics, TEST_PREFIX)
+        candidate_metrics = unprefixed(measured.candidate.metrics, TEST_PREFIX)
         _log_model_card(
             _model_card(
                 trained,
@@ -142,10 +98,8 @@ def evaluate(config: EvaluateConfig) -> str:
                 test,
                 settings,
                 candidate_metrics,
-                champion_metrics,
-                champion,
+                measured,
                 criteria,
-                figures,
             )
         )
         return (
@@ -158,6 +112,17 @@ def evaluate(config: EvaluateConfig) -> str:
             + (f"; champion v{champion.version}" if champion else "; no champion yet")
             + f"; gate {'passed' if passed else 'failed'}"
         )
+
+
+def _champion_version(model_name: str) -> ChampionVersion | None:
+    """The version that holds @champion, to be scored on the same rows (None: tagged so)."""
+    # An outage is raised, not read as "no champion": the gate would skip the comparison.
+    version = version_by_alias(MlflowClient(), model_name, CHAMPION_ALIAS)
+    if version is None:
+        mlflow.set_tag(contract.CHAMPION_COMPARISON_TAG, "no champion")
+        logger.info("No %s@%s yet: nothing to compare with", model_name, CHAMPION_ALIAS)
+        return None
+    return ChampionVersion(model_name, str(version.version), version.model_id)
 
 
 def rebuild_test_window(train_run: Run, trained: TrainedModel, engine: Engine) -> TestWindow:
@@ -180,252 +145,6 @@ def rebuild_test_window(train_run: Run, trained: TrainedModel, engine: Engine) -
             f"{trained.data_fingerprint}); evaluate needs the same data"
         )
     return TestWindow(data, data_config)
-
-
-def _test_dataset(
-    test: TestWindow, features: list[str], context: _MetricContext, candidate: Scored
-) -> PandasDataset:
-    """The test rows with the candidate's predictions, as the MLflow dataset evaluated."""
-    label = test.data_config.columns.label_column
-    columns = list(dict.fromkeys([*features, label, *context.extra_columns]))
-    return pandas_dataset(
-        test.rows[columns].assign(
-            **{SCORE_COLUMN: candidate.probabilities, DECISION_EVALUATED: candidate.decisions}
-        ),
-        test.data.source,
-        name="transactions-test",
-        label=label,
-        predictions=DECISION_EVALUATED,
-    )
-
-
-def _evaluate_predictions(
-    data: PandasDataset | pd.DataFrame,
-    model_id: str | None,
-    prefix: str,
-    context: _MetricContext,
-    plot: Callable | None = None,
-) -> EvaluationResult:
-    """``mlflow.models.evaluate`` of the predictions in ``data``, metrics named ``prefix*``.
-
-    ``data`` is the test dataset (which names its targets and predictions columns) or a frame
-    of the same rows with another model's predictions.
-    """
-    columns = (
-        {}
-        if isinstance(data, PandasDataset)
-        else {"targets": context.label, "predictions": DECISION_EVALUATED}
-    )
-    with _without_model_type_hint():
-        return mlflow.models.evaluate(
-            data=data,
-            model_type="classifier",
-            **columns,
-            model_id=model_id,
-            extra_metrics=context.metrics(),
-            custom_artifacts=[plot] if plot else None,
-            evaluator_config=_evaluator_config(prefix, context.col_mapping),
-        )
-
-
-class _ModelTypeHintFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "the model type looks like None" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _without_model_type_hint() -> Iterator[None]:
-    """Drop MLflow's one warning that our 0/1 labels make the model type "look like None".
-
-    MLflow 3.17's classifier evaluator takes only category, string and boolean label columns
-    for classification labels; integer 0/1 labels, the usual binary encoding and this
-    template's, read as neither, and every evaluation warned (a user can do nothing about it).
-    """
-    hint = _ModelTypeHintFilter()
-    evaluator_logger = logging.getLogger("mlflow.models.evaluation.evaluators.classifier")
-    evaluator_logger.addFilter(hint)
-    try:
-        yield
-    finally:
-        evaluator_logger.removeFilter(hint)
-
-
-def _evaluate_champion(
-    frame: pd.DataFrame, champion: Champion | None, context: _MetricContext
-) -> dict[str, float]:
-    """The champion's test metrics on the same rows (empty without a champion that scored)."""
-    if champion is None or champion.scored is None:
-        return {}
-    result = _evaluate_predictions(
-        frame.assign(
-            **{
-                SCORE_COLUMN: champion.scored.probabilities,
-                DECISION_EVALUATED: champion.scored.decisions,
-            }
-        ),
-        champion.model_id,
-        CHAMPION_PREFIX,
-        context,
-    )
-    return _unprefixed(result.metrics, CHAMPION_PREFIX)
-
-
-def _unprefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    return {key.removeprefix(prefix): value for key, value in metrics.items()}
-
-
-def _evaluator_config(prefix: str, col_mapping: dict[str, str]) -> dict:
-    return {
-        "metric_prefix": prefix,
-        "col_mapping": col_mapping,
-        "pos_label": 1,
-        "label_list": [0, 1],
-        "log_model_explainability": False,
-    }
-
-
-def _predict(model: mlflow.pyfunc.PyFuncModel, features: pd.DataFrame) -> Scored:
-    output = model.predict(features)
-    return Scored(
-        output[PROBABILITY_COLUMN].to_numpy(dtype=np.float64),
-        output[DECISION_COLUMN].to_numpy(dtype=np.int64),
-    )
-
-
-def _score_champion(model_name: str, features: pd.DataFrame) -> Champion | None:
-    """Score the current @champion on the same rows; record why when it cannot be done."""
-    # An outage is raised, not read as "no champion": the gate would skip the comparison.
-    version = version_by_alias(MlflowClient(), model_name, CHAMPION_ALIAS)
-    if version is None:
-        mlflow.set_tag(contract.CHAMPION_COMPARISON_TAG, "no champion")
-        logger.info("No %s@%s yet: nothing to compare with", model_name, CHAMPION_ALIAS)
-        return None
-    number = str(version.version)
-    try:
-        model = mlflow.pyfunc.load_model(f"models:/{model_name}/{number}")
-        scored = _predict(model, features[list(model.model_config["features"])])
-    except (MlflowException, KeyError) as error:
-        if (outage := diagnose(error)) is not None:
-            raise OutageError(outage) from error
-        # The champion may expect features this data does not have: no comparison is possible,
-        # and the gate fails on a missing comparison.
-        problem = f"unavailable: {str(error)[:400]}"
-        mlflow.set_tags(
-            {contract.CHAMPION_VERSION_TAG: number, contract.CHAMPION_COMPARISON_TAG: problem}
-        )
-        logger.warning("Champion version %s cannot score these rows: %s", number, error)
-        return Champion(number, version.model_id, None, problem)
-    mlflow.set_tags(
-        {contract.CHAMPION_VERSION_TAG: number, contract.CHAMPION_COMPARISON_TAG: "scored"}
-    )
-    return Champion(number, version.model_id, scored)
-
-
-def _one_class(targets: pd.Series) -> bool:
-    return pd.Series(targets).nunique() < 2
-
-
-class _MetricContext:
-    """What the fraud metrics need besides predictions and labels.
-
-    Card, day and amount are columns of the evaluation data, found by MLflow through
-    ``col_mapping`` (MLflow first tries each metric on one row, so closures over whole arrays
-    would not do).
-    """
-
-    def __init__(self, test: pd.DataFrame, data_config: DataConfig, review_cost: float) -> None:
-        columns = data_config.columns
-        self.label = columns.label_column
-        self.labels = test[columns.label_column].to_numpy()
-        self.amounts = test[columns.amount_column].to_numpy(dtype=np.float64)
-        self.review_cost = float(review_cost)
-        self.has_cards = columns.customer_column in test.columns
-        self.col_mapping = {"amounts": columns.amount_column, "fraud_probability": SCORE_COLUMN}
-        self.extra_columns = [columns.amount_column]
-        if self.has_cards:
-            self.col_mapping |= {"days": DAY_COLUMN, "cards": columns.customer_column}
-            self.extra_columns += [DAY_COLUMN, columns.customer_column]
-
-    def metrics(self) -> list:
-        """The fraud metrics as MLflow custom metrics (``fraud_probability`` comes by col_mapping).
-
-        Every function takes ``predictions`` and ``targets`` first: MLflow reads a two-argument
-        function as the legacy (eval_df, metrics) form.
-        """
-        review_cost = self.review_cost
-
-        # MLflow first tries each metric on the first row alone: with one class the ranking
-        # metrics are undefined, and scikit-learn would warn about it on every run.
-        def roc_auc(predictions, targets, fraud_probability):
-            if _one_class(targets):
-                return float("nan")
-            return float(roc_auc_score(targets, fraud_probability))
-
-        def average_precision(predictions, targets, fraud_probability):
-            if _one_class(targets):
-                return float("nan")
-            return float(average_precision_score(targets, fraud_probability))
-
-        def recall_at_1pct_fpr(predictions, targets, fraud_probability):
-            if _one_class(targets):
-                return float("nan")
-            return recall_at_false_positive_rate(targets, fraud_probability, 0.01)
-
-        def savings_at_threshold(predictions, targets, amounts):
-            return savings(targets, predictions, amounts, review_cost)
-
-        def card_precision_at_100(predictions, targets, fraud_probability, days, cards):
-            return card_precision_at_k(days, cards, targets, fraud_probability, CARD_PRECISION_K)
-
-        functions: list[Callable] = [
-            roc_auc,
-            average_precision,
-            recall_at_1pct_fpr,
-            savings_at_threshold,
-        ]
-        if self.has_cards:
-            functions.append(card_precision_at_100)
-        return [make_metric(eval_fn=f, greater_is_better=True, name=f.__name__) for f in functions]
-
-
-def _plot_artifacts(
-    context: _MetricContext,
-    candidate: Scored,
-    champion: Champion | None,
-    settings: dict,
-    python_model,
-    figures: dict[str, bytes],
-) -> Callable:
-    """The custom-artifact function of the candidate's evaluation (the champion drawn beside)."""
-
-    def fraud_plots(eval_df, builtin_metrics, artifacts_dir):
-        scores = {"candidate": candidate.probabilities}
-        if champion is not None and champion.scored is not None:
-            scores[f"champion v{champion.version}"] = champion.scored.probabilities
-        thresholds = np.geomspace(1e-4, 1.0, 200)
-        curve = {
-            name: savings_curve(
-                context.labels, values, context.amounts, context.review_cost, thresholds
-            )
-            for name, values in scores.items()
-        }
-        drawn = {
-            f"{TEST_PREFIX}precision_recall_curve": plots.precision_recall_figure(
-                context.labels, scores
-            ),
-            f"{TEST_PREFIX}roc_curve": plots.roc_figure(context.labels, scores),
-            f"{TEST_PREFIX}calibration_curve": plots.calibration_figure(context.labels, scores),
-            f"{TEST_PREFIX}savings_vs_threshold": plots.savings_figure(
-                thresholds, curve, settings["threshold"]
-            ),
-            f"{TEST_PREFIX}feature_importance": plots.feature_importance_figure(
-                feature_importance(python_model.scorer)
-            ),
-        }
-        figures.update({f"{name}.png": plots.png_bytes(figure) for name, figure in drawn.items()})
-        return drawn
-
-    return fraud_plots
 
 
 def check_gate(
@@ -523,11 +242,10 @@ def _model_card(
     test: TestWindow,
     settings: dict,
     candidate_metrics: dict[str, float],
-    champion_metrics: dict[str, float],
-    champion: Champion | None,
+    measured: WindowEvaluation,
     criteria: list[Criterion],
-    figures: dict[str, bytes],
 ) -> ModelCard:
+    champion, champion_metrics = measured.champion, measured.champion_metrics
     described = test.data.split.describe()
     return ModelCard(
         title=(
@@ -558,7 +276,8 @@ def _model_card(
         ],
         champion_label=f"champion v{champion.version}" if champion else "no champion",
         gate=[(c.name, c.passed, c.detail) for c in criteria],
-        plots=figures,
+        plots=measured.figures,
+        plots_note=measured.plots_note,
     )
 
 

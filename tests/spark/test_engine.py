@@ -3,12 +3,15 @@ to a @champion that the pandas pyfunc scores as any other model."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 pytest.importorskip("pyspark", reason='the Spark engine needs PySpark: pip install -e ".[spark]"')
 
@@ -25,10 +28,18 @@ from fraud_detection.config import (
     SplitConfig,
     TrainConfig,
 )
-from fraud_detection.contract import Step
+from fraud_detection.contract import (
+    CHAMPION_COMPARISON_TAG,
+    CHAMPION_PREFIX,
+    MODEL_CARD_MARKDOWN,
+    MODEL_ID_TAG,
+    TEST_PREFIX,
+    Step,
+)
 from fraud_detection.engine import PandasEngine
 from fraud_detection.errors import LineageError
 from fraud_detection.modelling.estimators import CandidateSpec
+from fraud_detection.modelling.evaluation import ModelUnderTest
 from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
 from fraud_detection.serving.batch import score_batch
 from fraud_detection.spark.engine import SparkEngine
@@ -59,6 +70,31 @@ def model() -> SmallModel:
     return small_model()
 
 
+@contextlib.contextmanager
+def driver_rows() -> Iterator[list[int]]:
+    """The rows each ``collect`` of a Spark DataFrame brings to the driver while in the block
+    (``first``, ``take`` and ``head`` go through it); every other way of moving rows to the
+    driver (``toPandas``, Arrow, iterators) fails the test."""
+    from pyspark.sql.classic.dataframe import DataFrame
+
+    collected: list[int] = []
+    original = DataFrame.collect
+
+    def collect(self):
+        rows = original(self)
+        collected.append(len(rows))
+        return rows
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("rows collected to the driver")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DataFrame, "collect", collect)
+        for name in ("toPandas", "toArrow", "toLocalIterator", "_collect_as_arrow", "tail"):
+            patch.setattr(DataFrame, name, refuse)
+        yield collected
+
+
 def test_spark_train_evaluate_register_reaches_a_champion_the_pandas_pyfunc_scores(
     spark, experiment, caplog
 ):
@@ -73,19 +109,56 @@ def test_spark_train_evaluate_register_reaches_a_champion_the_pandas_pyfunc_scor
     assert train_run.data.params["best_candidate"] == "xgboost"
     assert 0.0 < train_run.data.metrics["validation_average_precision"] <= 1.0
 
-    evaluate(EvaluateConfig(run_id=train_run.info.run_id, gate=ANY_MODEL, engine="spark"))
+    with driver_rows() as collected:
+        evaluate(EvaluateConfig(run_id=train_run.info.run_id, gate=ANY_MODEL, engine="spark"))
     evaluate_run = latest_run(Step.EVALUATE)
-    assert 0.0 <= evaluate_run.data.metrics["test_roc_auc"] <= 1.0
+    metrics = evaluate_run.data.metrics
+    # Nothing but aggregates reached the driver: at most one row per shuffle partition or day.
+    assert collected and max(collected) <= 4 < metrics["test_example_count"] / 100
+    _assert_same_metrics_as_the_pandas_engine(metrics, evaluate_run.data.tags[MODEL_ID_TAG])
+    model_metrics = MlflowClient().get_logged_model(evaluate_run.data.tags[MODEL_ID_TAG]).metrics
+    assert "test_roc_auc" in {metric.key for metric in model_metrics}
+    card = mlflow.artifacts.load_text(f"runs:/{evaluate_run.info.run_id}/{MODEL_CARD_MARKDOWN}")
+    assert "draws the feature importance only" in card and "test_feature_importance.png" in card
     register(RegisterConfig(run_id=evaluate_run.info.run_id))
+
+    # Evaluated again, the model meets itself as @champion: scored on Spark, the same figures.
+    evaluate(EvaluateConfig(run_id=train_run.info.run_id, gate=ANY_MODEL, engine="spark"))
+    again = latest_run(Step.EVALUATE).data
+    assert again.tags[CHAMPION_COMPARISON_TAG] == "scored"
+    test_metrics = _named(again.metrics, TEST_PREFIX)
+    champion_metrics = _named(again.metrics, CHAMPION_PREFIX)
+    assert champion_metrics == pytest.approx(test_metrics, rel=1e-12)
+    assert len(test_metrics) == 14
 
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}")
     settings = champion.model_config
-    rows = SparkEngine(spark).test_window(DATA, SPLIT).rows
+    rows = PandasEngine().test_window(DATA, SPLIT).rows
     output = champion.predict(rows[list(settings["features"])])
     probabilities = output[PROBABILITY_COLUMN].to_numpy()
-    assert len(output) == len(rows) and np.all((probabilities >= 0) & (probabilities <= 1))
+    assert len(output) == len(rows)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
     expected = (probabilities >= settings["threshold"]).astype(np.int64)
     np.testing.assert_array_equal(output[DECISION_COLUMN].to_numpy(), expected)
+
+
+def _named(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def _assert_same_metrics_as_the_pandas_engine(spark_metrics: dict, model_id: str) -> None:
+    """The pandas engine's evaluation (``mlflow.models.evaluate``) of the same model on its own
+    test window logs the same metric names, and values equal within float rounding (relative
+    1e-9: the engines' features agree to that, and sums of amounts differ in order only)."""
+    engine = PandasEngine()
+    with mlflow.start_run(run_name="pandas engine, same model"):
+        measured = engine.evaluate_window(
+            engine.test_window(DATA, SPLIT), DATA, ModelUnderTest.load(model_id), None
+        )
+    expected = measured.candidate.metrics
+    assert sorted(spark_metrics) == sorted(expected)
+    for name, value in expected.items():
+        assert spark_metrics[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
 
 
 def test_spark_engine_refuses_a_sweep_with_no_xgboost(spark):

@@ -12,12 +12,8 @@ from fraud_detection.cli import (
     main_with_exit_code,
 )
 from fraud_detection.config import EvaluateConfig, GateConfig, TrainConfig, TransactionColumns
-from fraud_detection.steps.evaluate import (
-    Champion,
-    Scored,
-    check_gate,
-    evaluate,
-)
+from fraud_detection.modelling.evaluation import Champion, Scored
+from fraud_detection.steps.evaluate import check_gate, evaluate
 from fraud_detection.steps.train import train
 from tests.support.pipeline import (
     FAST_MODEL,
