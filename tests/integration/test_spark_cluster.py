@@ -3,8 +3,10 @@ pyspark's own scripts, once for this file):
 
 - the template's Spark session and a distributed XGBoost fit: every worker takes part, and no
   Spark process listens beyond loopback;
-- the pipeline through `mlflow run . -P engine=spark` to a @champion that `serve.py api` serves,
-  and `serve.py batch --engine spark` writing the pandas batch scorer's scores.
+- the pipeline through `mlflow run . -P engine=spark` to a @champion that `serve.py api` serves.
+
+(`serve.py batch --engine spark` is checked against the pandas scorer in local mode,
+tests/spark/test_engine.py; the command line of `serve.py batch` in tests/serving/test_batch.py.)
 """
 
 from __future__ import annotations
@@ -14,14 +16,12 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
 from tests.support import PROJECT_DIR, SMALL_RUN
-from tests.support.pipeline import tiny_simulation
 from tests.support.processes import (
     assert_champion_scores,
     assert_pipeline_finished,
@@ -96,9 +96,7 @@ def _driver_environment() -> dict[str, str]:
     return env
 
 
-def test_pipeline_on_a_cluster_to_a_served_champion_and_a_spark_batch(
-    spark_cluster: SparkCluster, tmp_path: Path
-):
+def test_pipeline_on_a_cluster_to_a_served_champion(spark_cluster: SparkCluster, tmp_path: Path):
     project = copy_project(tmp_path / "project")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = mlflow_environment(uri, **spark_cluster.client_environment)
@@ -113,7 +111,6 @@ def test_pipeline_on_a_cluster_to_a_served_champion_and_a_spark_batch(
     model = assert_champion_scores(uri)
 
     _served_champion_answers(project, env, model.input_example)
-    _spark_batch_scores_as_pandas(project, env, tmp_path)
 
 
 def _served_champion_answers(project: Path, env: dict[str, str], rows: pd.DataFrame) -> None:
@@ -127,20 +124,3 @@ def _served_champion_answers(project: Path, env: dict[str, str], rows: pd.DataFr
     predictions = pd.DataFrame(answer["predictions"])
     assert list(predictions.columns) == [PROBABILITY_COLUMN, DECISION_COLUMN]
     assert len(predictions) == len(rows) and predictions[PROBABILITY_COLUMN].between(0, 1).all()
-
-
-def _spark_batch_scores_as_pandas(project: Path, env: dict[str, str], tmp_path: Path) -> None:
-    source = tmp_path / "raw.parquet"
-    tiny_simulation(seed=8, n_days=40).drop(columns="TX_FRAUD_SCENARIO").to_parquet(source)
-    outputs = {engine: tmp_path / f"{engine}.parquet" for engine in ("pandas", "spark")}
-    for engine, output in outputs.items():
-        command = [sys.executable, "serve.py", "batch", "--engine", engine]
-        command += ["--model-uri", CHAMPION, "--input", str(source), "--output", str(output)]
-        assert_succeeded(run_command(command, env, cwd=project))
-    expected = pd.read_parquet(outputs["pandas"]).set_index("TRANSACTION_ID")
-    actual = pd.read_parquet(outputs["spark"]).set_index("TRANSACTION_ID").loc[expected.index]
-    assert outputs["spark"].is_dir()
-    np.testing.assert_allclose(
-        actual[PROBABILITY_COLUMN], expected[PROBABILITY_COLUMN], rtol=1e-5, atol=1e-9
-    )
-    assert actual[DECISION_COLUMN].sum() == expected[DECISION_COLUMN].sum()

@@ -2,7 +2,9 @@
 start.
 
 Each configuration is checked in a fresh Python process (a JVM starts once per process); the
-four start at once, since each spends most of its time starting its JVM.
+four start at once, since each spends most of its time starting its JVM. Those tests run in the
+integration layer (`pytest -m slow`: processes of their own); the messages without PySpark or
+Java run in the fast layer.
 """
 
 from __future__ import annotations
@@ -78,16 +80,19 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
     return reports
 
 
+@pytest.mark.slow
 def test_local_with_every_core_when_nothing_is_configured(sessions):
     assert sessions["nothing"]["master"] == "local[*]"
     assert sessions["nothing"]["time_zone"] == "UTC"  # the template's own default
     assert sessions["nothing"]["driver_host"] == "127.0.0.1"  # SPARK_LOCAL_IP
 
 
+@pytest.mark.slow
 def test_spark_master_from_the_environment(sessions):
     assert sessions["SPARK_MASTER"]["master"] == "local[2]"
 
 
+@pytest.mark.slow
 def test_spark_defaults_conf_wins_over_the_environment_and_the_templates_defaults(sessions):
     assert sessions["spark-defaults.conf"] == {
         "master": "local[1]",
@@ -97,6 +102,7 @@ def test_spark_defaults_conf_wins_over_the_environment_and_the_templates_default
     }
 
 
+@pytest.mark.slow
 def test_spark_submit_arguments_win_over_spark_defaults_conf(sessions):
     report = sessions["PYSPARK_SUBMIT_ARGS"]
     assert report["master"] == "local[3]"
