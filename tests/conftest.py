@@ -141,3 +141,10 @@ def registry(two_version_store: TwoVersionStore, tracking_uri: str, tmp_path: Pa
     """This test's own copy of the two-version registry (aliases can be moved freely)."""
     shutil.copy(two_version_store.database, tmp_path / "mlflow.db")
     return tracking_uri
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files marked ``minutes`` first, the rest in their order: pytest-xdist hands out whole
+    files in collection order (``--no-loadscope-reorder``), and a file of several minutes that
+    started last would keep one worker busy while the others sat idle."""
+    items.sort(key=lambda item: item.get_closest_marker("minutes") is None)

@@ -30,7 +30,7 @@ from tests.support.processes import (
 )
 from tests.support.services import S3_VARIABLES, dev_server, production_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.minutes]
 
 
 @dataclass

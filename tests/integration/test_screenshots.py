@@ -20,7 +20,7 @@ from tests.support import PROJECT_DIR
 from tests.support.processes import run_command
 from tests.support.requirements import require
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.minutes]
 
 SCRIPT = PROJECT_DIR / "docs" / "screenshots" / "take.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

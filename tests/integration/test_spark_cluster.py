@@ -37,7 +37,7 @@ from tests.support.processes import (
 )
 from tests.support.spark_cluster import SparkCluster, listening_addresses
 
-pytestmark = [pytest.mark.slow, pytest.mark.no_tracking_store]
+pytestmark = [pytest.mark.slow, pytest.mark.minutes, pytest.mark.no_tracking_store]
 
 PROBE_TIMEOUT_S = 600
 CHAMPION = "models:/fraud-detector@champion"

@@ -48,7 +48,7 @@ from tests.support.store_faults import (
     store_fault_stack,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.minutes]
 
 
 def _said(outcome: Outcome) -> list[str]:

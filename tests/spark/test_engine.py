@@ -49,6 +49,8 @@ from fraud_detection.steps.train import train
 from tests.support.pipeline import MODEL_NAME, latest_run, tiny_simulation
 from tests.support.small_model import SmallModel, small_model
 
+pytestmark = pytest.mark.minutes  # scheduled first (tests/conftest.py)
+
 # Tiny on purpose (the machine is shared): 30 days of 150 cards, short windows (seed 4: frauds
 # in every window, 4 of them in the test window). Any model is promoted: the round trip is
 # tested, not the model's quality.

@@ -21,6 +21,8 @@ from fraud_detection.steps.train import _log_model
 from tests.support.pipeline import LENIENT_GATE, MODEL_NAME, SMALL_DATA
 from tests.support.small_model import THRESHOLD, SmallModel, small_model
 
+pytestmark = pytest.mark.minutes  # scheduled first (tests/conftest.py)
+
 COLUMNS = SMALL_DATA.columns
 
 
