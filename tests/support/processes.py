@@ -119,10 +119,56 @@ def assert_succeeded(result: subprocess.CompletedProcess) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-6000:]}"
 
 
+_PORT_POOL_START = 10_000
+_PORTS_PER_WORKER = 1_500
+_next_port: Iterator[int] | None = None
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
+def _port_candidates() -> Iterator[int]:
+    """This process's own block of ports, below the kernel's ephemeral range.
+
+    A port asked of the kernel (bind to 0) and released is free only for a moment: another test
+    worker's Spark gateway, Redis client or HTTP connection may take it from the ephemeral range
+    before our server binds it (CI once met a py4j gateway on the port of a scoring server). The
+    kernel never hands out ports below its ephemeral range, and each xdist worker has a block of
+    its own, so a port given here is taken only by the server it was meant for.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    low = _PORT_POOL_START + index * _PORTS_PER_WORKER
+    high = min(low + _PORTS_PER_WORKER, _ephemeral_range()[0])
+    if high - low < 10:  # an unusual ephemeral range: fall back to the kernel's choice
+        while True:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                yield probe.getsockname()[1]
+    offset = os.getpid() % (high - low)  # two runs on one machine start apart
+    while True:
+        for step in range(high - low):
+            yield low + (offset + step) % (high - low)
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port nothing listens on, not given out before by this process."""
+    global _next_port
+    if _next_port is None:
+        _next_port = _port_candidates()
+    for port in _next_port:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable: the port candidates never end")
 
 
 class BackgroundProcess:
