@@ -631,3 +631,28 @@ class ApiConfig:
             f"--extra-columns must be one of {', '.join(EXTRA_COLUMN_POLICIES)}, "
             f"got {self.extra_columns!r}",
         )
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """``serve.py webhook``: register the registry webhook that tells ``serve.py api`` at once
+    that its alias moved (the secret: ``FRAUD_DETECTION_WEBHOOK_SECRET``, as the service)."""
+
+    url: str = field(
+        default="",
+        metadata=_help(
+            "Where the tracking server posts alias events: the service's /webhooks/registry, "
+            "e.g. https://scoring.example.com/webhooks/registry."
+        ),
+    )
+    name: str = field(
+        default="fraud-detection-serving",
+        metadata=_help("Name of the webhook in the registry; registering again updates it."),
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.url.startswith(("http://", "https://")),
+            f"--url must be an http(s) URL of the service's webhook route, got {self.url!r}",
+        )
+        _require(bool(self.name.strip()), "--name must not be empty")

@@ -8,6 +8,8 @@ Routes:
                         decision threshold (JSON).
     GET  /metrics       Prometheus text format: requests by status, latency histogram, errors,
                         rows scored, the version served, alias swaps.
+    POST /webhooks/registry  MLflow's registry webhooks: a signed alias event for the model
+                        followed makes it check the alias at once (``webhooks.py``).
 
 Why it is faster than ``mlflow models serve`` on the same model: the request is parsed straight
 into a float matrix and checked against the signature here (no DataFrame, no pyfunc schema
@@ -47,6 +49,11 @@ from fraud_detection.serving.protocol import (
     bad_request,
     parse_request,
     predictions_json,
+)
+from fraud_detection.serving.webhooks import (
+    WEBHOOK_PATH,
+    RegistryWebhooks,
+    webhook_secret_from_environment,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,16 +158,21 @@ def _metric(name: str, kind: str, help_text: str) -> list[str]:
 
 
 def create_app(
-    follower: ModelFollower, max_body_bytes: int, extra_columns: str = "warn"
+    follower: ModelFollower,
+    max_body_bytes: int,
+    extra_columns: str = "warn",
+    webhook_secret: str | None = None,
 ) -> Starlette:
     """The ASGI application around a loaded ``follower`` (its thread runs while the app does).
 
     ``extra_columns`` is what a request with columns the model does not take gets: ``warn``
     (scored; the columns named in a response header, logged once per distinct set, counted) or
     ``reject`` (400). MLflow's scoring server drops them silently, which hides upstream bugs
-    such as a renamed feature arriving beside the old name.
+    such as a renamed feature arriving beside the old name. ``webhook_secret`` turns registry
+    webhooks on (``webhooks.py``; None: the route answers 404).
     """
     service = ScoringService(follower, max_body_bytes, extra_columns)
+    webhooks = RegistryWebhooks(follower, webhook_secret)
     return Starlette(
         routes=[
             Route("/invocations", service.invocations, methods=["POST"]),
@@ -168,6 +180,7 @@ def create_app(
             Route("/health", service.ping, methods=["GET"]),
             Route("/version", service.version, methods=["GET"]),
             Route("/metrics", service.prometheus, methods=["GET"]),
+            Route(WEBHOOK_PATH, webhooks.receive, methods=["POST"]),
         ],
         lifespan=service.lifespan,
     )
@@ -345,7 +358,13 @@ def serve_api(config: ApiConfig) -> str:
 
 
 def _serve_worker(config: ApiConfig, sock: socket.socket) -> None:
-    follower = ModelFollower(config.model_uri, config.poll_seconds, after_swap=settle_memory)
+    webhook_secret = webhook_secret_from_environment()
+    follower = ModelFollower(
+        config.model_uri,
+        config.poll_seconds,
+        after_swap=settle_memory,
+        wake_on_demand=webhook_secret is not None,
+    )
     # Stopped while loading (before uvicorn handles signals): unwind, so the model's local
     # files are removed, instead of dying on the spot.
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -355,7 +374,8 @@ def _serve_worker(config: ApiConfig, sock: socket.socket) -> None:
         signal.signal(signal.SIGTERM, previous)
     settle_memory()
     try:
-        run_uvicorn(create_app(follower, config.max_body_bytes, config.extra_columns), sock)
+        app = create_app(follower, config.max_body_bytes, config.extra_columns, webhook_secret)
+        run_uvicorn(app, sock)
     finally:
         follower.close()
 
