@@ -603,7 +603,10 @@ class ApiConfig:
     )
     poll_seconds: float = field(
         default=10.0,
-        metadata=_help("How often to check where the alias points; 0: never (pin at start)."),
+        metadata=_help(
+            "How often to check where the alias points; 0: never (pin at start, or, with "
+            "FRAUD_DETECTION_WEBHOOK_SECRET set, move only on registry webhooks)."
+        ),
     )
     max_body_bytes: int = field(
         default=16 * 1024 * 1024,
