@@ -15,8 +15,9 @@ In one run, on this machine, with a bounded load sent over loopback only:
   and out: rows/s of each stage, predict compared with the in-process floor;
 - alias swaps: a copy of the store behind a real `mlflow server` with a registry webhook, two
   `serve.py api` following a throwaway alias (one hears the webhook, one only polls every
-  `--poll-seconds`), the alias moved `--swap-rounds` times: seconds from the move to the first
-  answer from the new version (median), ``alias_swap_seconds_webhook`` and ``_poll``.
+  `--poll-seconds`), the alias moved `--swap-rounds` times, each after a random part of the poll
+  interval: seconds from the move to the first answer from the new version (median),
+  ``alias_swap_seconds_webhook`` and ``alias_swap_seconds_poll``.
 
 Every figure and ratio is printed, and written flat to ``--out`` (seconds, rows or requests per
 second, ratios named ``*_ratio``). The model comes from the tracking store MLflow is pointed at
@@ -300,7 +301,6 @@ def alias_swap(model_uri: str, one_row: bytes, args: argparse.Namespace) -> dict
     settings a loopback webhook needs (``docs/serving.md``, "Registry webhooks").
     """
     import mlflow
-    from cryptography.fernet import Fernet
 
     from fraud_detection.serving.follower import registry_target
     from fraud_detection.serving.webhooks import WEBHOOK_PATH, WEBHOOK_SECRET_VARIABLE
@@ -310,46 +310,33 @@ def alias_swap(model_uri: str, one_row: bytes, args: argparse.Namespace) -> dict
         logger.info("Alias swaps skipped: they need a models:/ URI in a local SQLite store")
         return {}
     with tempfile.TemporaryDirectory() as scratch:
-        versions = _swap_store(store, target, Path(scratch) / "mlflow.db")
-        tracking_port, secret = _free_port(), "bench-webhook-secret"
-        tracking = [sys.executable, "-m", "mlflow", "server", "--workers", "1"]
-        tracking += ["--backend-store-uri", f"sqlite:///{Path(scratch) / 'mlflow.db'}"]
-        tracking += ["--host", "127.0.0.1", "--port", str(tracking_port)]
-        tracking_env = {
-            "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-            "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        }
+        copy = Path(scratch) / "mlflow.db"
+        versions = _swap_store(store, target, copy)
+        tracking_port, hearing, polling = _free_port(), _free_port(), _free_port()
         client_env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{tracking_port}"}
-        hearing, polling = _free_port(), _free_port()
+        hearing_env = {**client_env, WEBHOOK_SECRET_VARIABLE: "bench-webhook-secret"}
         followed = ["--model-uri", f"models:/{target.name}@{SWAP_ALIAS}"]
         with (
-            server(tracking, tracking_port, "/health", tracking_env),
-            server(
-                _api(followed, hearing, 3600),
-                hearing,
-                env={**client_env, WEBHOOK_SECRET_VARIABLE: secret},
-            ),
+            server(*_tracking_server(copy, tracking_port)),
+            server(_api(followed, hearing, 3600), hearing, env=hearing_env),
             server(_api(followed, polling, args.poll_seconds), polling, env=client_env),
         ):
+            url = f"http://127.0.0.1:{hearing}{WEBHOOK_PATH}"
             subprocess.run(
-                [
-                    sys.executable,
-                    str(PROJECT_DIR / "serve.py"),
-                    "webhook",
-                    "--url",
-                    f"http://127.0.0.1:{hearing}{WEBHOOK_PATH}",
-                ],
-                env={**os.environ, **client_env, WEBHOOK_SECRET_VARIABLE: secret},
+                [sys.executable, str(PROJECT_DIR / "serve.py"), "webhook", "--url", url],
+                env={**os.environ, **hearing_env},
                 check=True,
                 timeout=120,
             )
             client = mlflow.MlflowClient(client_env["MLFLOW_TRACKING_URI"])
-            rounds = [
-                _swap_once(client, target.name, versions[(i + 1) % 2], (hearing, polling), one_row)
-                for i in range(args.swap_rounds)
-            ]
+            # Each move waits a random part of the poll interval first: moved right after the
+            # previous swap, the polling service would always wait a whole interval.
+            phases = np.random.default_rng(0).uniform(0, args.poll_seconds, args.swap_rounds)
+            rounds = []
+            for index, phase in enumerate(phases):
+                time.sleep(phase)
+                version = versions[(index + 1) % 2]
+                rounds.append(_swap_once(client, target.name, version, (hearing, polling), one_row))
     figures = {
         "alias_swap_seconds_webhook": float(np.median([r[0] for r in rounds])),
         "alias_swap_seconds_poll": float(np.median([r[1] for r in rounds])),
@@ -362,6 +349,23 @@ def alias_swap(model_uri: str, one_row: bytes, args: argparse.Namespace) -> dict
         f"{args.poll_seconds:g} s {figures['alias_swap_seconds_poll']:.2f} s"
     )
     return figures
+
+
+def _tracking_server(database: Path, port: int) -> tuple[list[str], int, str, dict[str, str]]:
+    """``server`` arguments of an `mlflow server` on ``database`` that delivers webhooks to
+    loopback: one worker, no job runner, the secrets' encryption key fixed."""
+    from cryptography.fernet import Fernet
+
+    command = [sys.executable, "-m", "mlflow", "server", "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{database}"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    env = {
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    return command, port, "/health", env
 
 
 def _api(followed: list[str], port: int, poll_seconds: float) -> list[str]:
@@ -515,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound per measurement")
     parser.add_argument("--batch-rows", type=int, default=1_000_000, help="0: skip batch")
     parser.add_argument("--chunk-rows", type=int, default=250_000)
-    parser.add_argument("--swap-rounds", type=int, default=3, help="alias moves; 0: skip")
+    parser.add_argument("--swap-rounds", type=int, default=5, help="alias moves; 0: skip")
     parser.add_argument("--poll-seconds", type=float, default=10.0, help="of the polling service")
     parser.add_argument("--empty-endpoint", type=int, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
