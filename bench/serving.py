@@ -15,7 +15,7 @@ In one run, on this machine, with a bounded load sent over loopback only:
   and out: rows/s of each stage, predict compared with the in-process floor;
 - alias swaps: a copy of the store behind a real `mlflow server` with a registry webhook, two
   `serve.py api` following a throwaway alias (one hears the webhook, one only polls every
-  `--poll-seconds`), the alias moved `--swap-rounds` times, each after a random part of the poll
+  `--poll-seconds`), the alias moved `--swap-rounds` times, at moves spread evenly over the poll
   interval: seconds from the move to the first answer from the new version (median),
   ``alias_swap_seconds_webhook`` and ``alias_swap_seconds_poll``.
 
@@ -329,13 +329,15 @@ def alias_swap(model_uri: str, one_row: bytes, args: argparse.Namespace) -> dict
                 timeout=120,
             )
             client = mlflow.MlflowClient(client_env["MLFLOW_TRACKING_URI"])
-            # Each move waits a random part of the poll interval first: moved right after the
-            # previous swap, the polling service would always wait a whole interval.
-            phases = np.random.default_rng(0).uniform(0, args.poll_seconds, args.swap_rounds)
+            # A first move, not counted, puts the polling service's timer at a known phase (it
+            # just polled); then each move comes a fraction of the poll interval after the
+            # previous swap, the fractions spread evenly (1/2n, 3/2n, ...): moved right after a
+            # swap, the polling service would always wait a whole interval.
+            _swap_once(client, target.name, versions[1], (hearing, polling), one_row)
             rounds = []
-            for index, phase in enumerate(phases):
-                time.sleep(phase)
-                version = versions[(index + 1) % 2]
+            for index in range(args.swap_rounds):
+                time.sleep((index + 0.5) / args.swap_rounds * args.poll_seconds)
+                version = versions[index % 2]
                 rounds.append(_swap_once(client, target.name, version, (hearing, polling), one_row))
     figures = {
         "alias_swap_seconds_webhook": float(np.median([r[0] for r in rounds])),
