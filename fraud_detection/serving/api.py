@@ -30,7 +30,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -53,6 +53,7 @@ from fraud_detection.serving.protocol import (
 from fraud_detection.serving.webhooks import (
     WEBHOOK_PATH,
     RegistryWebhooks,
+    WorkerWakeUps,
     webhook_secret_from_environment,
 )
 
@@ -162,6 +163,7 @@ def create_app(
     max_body_bytes: int,
     extra_columns: str = "warn",
     webhook_secret: str | None = None,
+    wake_workers: Callable[[], None] | None = None,
 ) -> Starlette:
     """The ASGI application around a loaded ``follower`` (its thread runs while the app does).
 
@@ -169,10 +171,11 @@ def create_app(
     (scored; the columns named in a response header, logged once per distinct set, counted) or
     ``reject`` (400). MLflow's scoring server drops them silently, which hides upstream bugs
     such as a renamed feature arriving beside the old name. ``webhook_secret`` turns registry
-    webhooks on (``webhooks.py``; None: the route answers 404).
+    webhooks on (``webhooks.py``; None: the route answers 404); ``wake_workers`` tells the other
+    workers of the service.
     """
     service = ScoringService(follower, max_body_bytes, extra_columns)
-    webhooks = RegistryWebhooks(follower, webhook_secret)
+    webhooks = RegistryWebhooks(follower, webhook_secret, wake_workers)
     return Starlette(
         routes=[
             Route("/invocations", service.invocations, methods=["POST"]),
@@ -357,7 +360,9 @@ def serve_api(config: ApiConfig) -> str:
     return f"stopped serving {config.model_uri} on http://{host}:{port}"
 
 
-def _serve_worker(config: ApiConfig, sock: socket.socket) -> None:
+def _serve_worker(
+    config: ApiConfig, sock: socket.socket, wake_ups: WorkerWakeUps | None = None
+) -> None:
     webhook_secret = webhook_secret_from_environment()
     follower = ModelFollower(
         config.model_uri,
@@ -373,10 +378,20 @@ def _serve_worker(config: ApiConfig, sock: socket.socket) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
     settle_memory()
+    relay_stop = threading.Event()
+    if wake_ups is not None:
+        wake_ups.relay(follower, relay_stop)
     try:
-        app = create_app(follower, config.max_body_bytes, config.extra_columns, webhook_secret)
+        app = create_app(
+            follower,
+            config.max_body_bytes,
+            config.extra_columns,
+            webhook_secret=webhook_secret,
+            wake_workers=wake_ups.announce if wake_ups is not None else None,
+        )
         run_uvicorn(app, sock)
     finally:
+        relay_stop.set()
         follower.close()
 
 
@@ -397,13 +412,15 @@ def settle_memory() -> None:
     gc.freeze()
 
 
-def _worker_main(config: ApiConfig, sock: socket.socket) -> None:
+def _worker_main(
+    config: ApiConfig, sock: socket.socket, wake_ups: WorkerWakeUps | None = None
+) -> None:
     """Entry point of a spawned worker process."""
     from fraud_detection.cli import configure_logging
 
     configure_logging()
     try:
-        _serve_worker(config, sock)
+        _serve_worker(config, sock, wake_ups)
     except PipelineError as error:
         logger.error("%s", error)
         raise SystemExit(1) from None
@@ -424,8 +441,12 @@ def _supervise(config: ApiConfig, sock: socket.socket) -> None:
     whatever supervises the service (systemd, Kubernetes) restarts it whole.
     """
     context = multiprocessing.get_context("spawn")
+    # A registry webhook reaches one worker: it tells the others through these.
+    wake_ups = WorkerWakeUps(context) if webhook_secret_from_environment() else None
     workers = [
-        context.Process(target=_worker_main, args=(config, sock), name=f"scoring-worker-{i}")
+        context.Process(
+            target=_worker_main, args=(config, sock, wake_ups), name=f"scoring-worker-{i}"
+        )
         for i in range(config.workers)
     ]
     stopping = threading.Event()

@@ -16,9 +16,10 @@ payload's version is never trusted, so even a replayed or reordered delivery can
 more registry lookup. Other events, models or aliases get 200 and are ignored.
 
 The secret comes from the environment (``FRAUD_DETECTION_WEBHOOK_SECRET``), never from a flag,
-so that it does not show in ``ps``. Polling stays the fallback: a lost delivery, a tracking
-server that cannot reach the service, or the other workers of ``--workers N`` (a delivery
-reaches one of them) catch up at their next poll.
+so that it does not show in ``ps``. With ``--workers N`` a delivery reaches one worker, which
+tells the others through ``WorkerWakeUps`` (a counter and a condition shared by the worker
+processes). Polling stays the fallback: a lost delivery, or a tracking server that cannot reach
+the service, is caught up at the next poll.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import hashlib
 import hmac
 import json
 import logging
+import multiprocessing.context
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -144,12 +147,54 @@ def parse_event(body: bytes) -> AliasEvent:
         ) from None
 
 
+class WorkerWakeUps:
+    """Tells every worker process of one service that its alias moved.
+
+    A delivery reaches the one worker the kernel gave the connection to; without this the
+    others would serve the old version until their own next poll. Made by the supervisor before
+    it spawns the workers (the shared counter and condition travel with the spawn); each worker
+    runs ``relay`` (a thread blocked on the condition) and the one that hears a delivery calls
+    ``announce``. Costs nothing between deliveries.
+    """
+
+    def __init__(self, context: multiprocessing.context.BaseContext) -> None:
+        self._condition = context.Condition()
+        self._announced = context.Value("Q", 0, lock=False)  # guarded by the condition
+
+    def announce(self) -> None:
+        """Wake every worker's follower (this one's too); returns at once."""
+        with self._condition:
+            self._announced.value += 1
+            self._condition.notify_all()
+
+    def relay(self, follower: ModelFollower, stop: threading.Event) -> threading.Thread:
+        """Start a thread that calls ``follower.check_now()`` at each announcement until
+        ``stop`` is set (checked every second)."""
+        with self._condition:
+            seen = self._announced.value
+        thread = threading.Thread(
+            target=self._relay, args=(follower, stop, seen), name="webhook-relay", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _relay(self, follower: ModelFollower, stop: threading.Event, seen: int) -> None:
+        while not stop.is_set():
+            with self._condition:
+                self._condition.wait_for(lambda s=seen: self._announced.value != s, timeout=1.0)
+                announced = self._announced.value
+            if announced != seen:
+                seen = announced
+                follower.check_now()
+
+
 class RegistryWebhooks:
     """The webhook route of one worker: verifies deliveries and wakes its ``follower``.
 
     Args:
         follower: The worker's model follower; its thread does the lookup and the load.
         secret: The webhook's shared secret; None answers 404 (webhooks off).
+        wake_workers: ``WorkerWakeUps.announce`` of a service with several workers (None: one).
         max_age: ``MAX_AGE_SECONDS``; ``clock``: Unix time (both replaceable in tests).
     """
 
@@ -157,11 +202,13 @@ class RegistryWebhooks:
         self,
         follower: ModelFollower,
         secret: str | None,
+        wake_workers: Callable[[], None] | None = None,
         max_age: float = MAX_AGE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.follower = follower
         self.secret = secret
+        self.wake_workers = wake_workers
         self.max_age = max_age
         self.clock = clock
         self.checks_requested = 0
@@ -178,6 +225,8 @@ class RegistryWebhooks:
             return _answer(200, {"status": "ignored", "reason": ignored})
         self.checks_requested += 1
         self.follower.check_now()
+        if self.wake_workers is not None:
+            self.wake_workers()
         logger.info(
             "Registry webhook: %s %s@%s, checking now", event.event, event.name, event.alias
         )

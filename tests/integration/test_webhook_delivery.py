@@ -1,9 +1,10 @@
 """A real `mlflow server` on loopback delivers its registry webhook to `serve.py api`.
 
 One tracking server (with the settings a loopback webhook needs), two services following
-@champion through it: one hears the webhook and polls only every 10 minutes, the other only
-polls, every few seconds. The alias moves once; the time from the move to the first answer from
-the new version is measured on both (bench/serving.py measures the same way).
+@champion through it: one hears the webhook and polls only every 10 minutes (two workers: the
+one that gets the delivery tells the other), the other only polls, every few seconds. The alias
+moves once; the time from the move to the first answer from the new version is measured on both
+(bench/serving.py measures the same way).
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def test_the_webhook_swaps_the_version_long_before_a_poll_would(
     with dev_server(tmp_path, settings=settings) as tracking, ExitStack() as services:
         client_env = mlflow_environment(tracking.url, **{WEBHOOK_SECRET_VARIABLE: SECRET})
         hearing = services.enter_context(
-            _serve_api(client_env, tmp_path, "--poll-seconds", str(HEARING_POLL_SECONDS))
+            _serve_api(
+                client_env, tmp_path, "--poll-seconds", str(HEARING_POLL_SECONDS), "--workers", "2"
+            )
         )
         polling_env = {k: v for k, v in client_env.items() if k != WEBHOOK_SECRET_VARIABLE}
         polling = services.enter_context(
@@ -84,7 +87,12 @@ def test_the_webhook_swaps_the_version_long_before_a_poll_would(
         started = time.monotonic()
         MlflowClient(tracking.url).set_registered_model_alias(MODEL_NAME, "champion", "2")
         seconds = _seconds_until_version_on_both((hearing.port, polling.port), body, started)
-        hearing_log = hearing.process.log_tail(20_000)
+        swapped = f"Now serving {MODEL_NAME} version 2"
+        # The worker that did not get the delivery was told by the one that did.
+        hearing.process.wait_until(
+            lambda: hearing.process.log_tail(50_000).count(swapped) == 2, 60, "the second worker"
+        )
+        hearing_log = hearing.process.log_tail(50_000)
     webhook_seconds, poll_seconds = seconds
     print(f"alias moved -> version 2 answers: webhook {webhook_seconds:.2f} s, ", end="")
     print(f"polling every {POLL_SECONDS} s {poll_seconds:.2f} s")

@@ -8,6 +8,8 @@ tests/integration/test_webhook_delivery.py (slow).
 from __future__ import annotations
 
 import json
+import multiprocessing
+import threading
 import time
 import uuid
 
@@ -24,6 +26,7 @@ from fraud_detection.serving.webhooks import (
     WEBHOOK_PATH,
     WEBHOOK_SECRET_VARIABLE,
     DeliveryError,
+    WorkerWakeUps,
     sign,
     verify_delivery,
 )
@@ -149,6 +152,29 @@ def test_a_signed_alias_event_swaps_at_once(following):
     _wait_for(lambda: following.current.version == "2")
     assert following.swaps == 1
     assert json.loads(call(app, "GET", "/version")[2])["version"] == "2"
+
+
+def test_the_worker_that_hears_a_delivery_wakes_the_others(following):
+    # Two workers of one service, as threads of this process around the same shared
+    # primitives the supervisor hands its worker processes (the slow test runs two processes).
+    wake_ups = WorkerWakeUps(multiprocessing.get_context("spawn"))
+    other = ModelFollower(CHAMPION, poll_seconds=0, wake_on_demand=True)
+    other.load()
+    other.start()
+    stop = threading.Event()
+    relays = [wake_ups.relay(follower, stop) for follower in (following, other)]
+    try:
+        app = create_app(following, 1 << 20, webhook_secret=SECRET, wake_workers=wake_ups.announce)
+        MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", "2")
+        assert post(app, *delivery())[0] == 202
+        _wait_for(lambda: other.current.version == following.current.version == "2")
+        assert other.checks == 1  # woken once, by the relay
+    finally:
+        stop.set()
+        for relay in relays:
+            relay.join(timeout=5)
+        other.close()
+    assert not any(relay.is_alive() for relay in relays)
 
 
 def test_a_deleted_alias_keeps_the_version_in_memory(following):
