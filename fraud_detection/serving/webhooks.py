@@ -44,7 +44,7 @@ from mlflow.webhooks.constants import (
     WEBHOOK_SIGNATURE_VERSION,
     WEBHOOK_TIMESTAMP_HEADER,
 )
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from fraud_detection.config import WebhookConfig
@@ -218,8 +218,10 @@ class RegistryWebhooks:
             event = await self._verified_event(request)
         except DeliveryError as refused:
             if refused.status == 401:
-                logger.warning("DeliveryError a registry webhook: %s", refused)
+                logger.warning("Refused a registry webhook: %s", refused)
             return refused.response()
+        except ClientDisconnect:
+            return Response(status_code=499)  # left before sending its body: nobody to answer
         ignored = self._ignored(event)
         if ignored:
             return _answer(200, {"status": "ignored", "reason": ignored})

@@ -139,6 +139,8 @@ def test_refused_and_ignored_deliveries_swap_nothing(following):
             assert answer["error_code"] == "UNAUTHENTICATED"
     status, answer = post(app, b"{not json", delivery()[1])
     assert status == 401  # not the body that was signed: refused before it is parsed
+    oversized = delivery(data={"name": "x" * 70_000, "alias": "champion", "version": "2"})
+    assert post(app, *oversized)[0] == 413
     time.sleep(0.5)  # time for a (wrongly) woken thread to check
     assert following.checks == 0
     assert following.current.version == "1"
