@@ -12,7 +12,12 @@ In one run, on this machine, with a bounded load sent over loopback only:
 - the floors: in-process predict of 1 row and of 10,000 rows, through the model's matrix entry
   point (what `serve.py api` calls) and through pyfunc (what `mlflow models serve` calls);
 - `serve.py batch` (the same code, in-process) on a million simulated transactions, Parquet in
-  and out: rows/s of each stage, predict compared with the in-process floor.
+  and out: rows/s of each stage, predict compared with the in-process floor;
+- alias swaps: a copy of the store behind a real `mlflow server` with a registry webhook, two
+  `serve.py api` following a throwaway alias (one hears the webhook, one only polls every
+  `--poll-seconds`), the alias moved `--swap-rounds` times, at moves spread evenly over the poll
+  interval: seconds from the move to the first answer from the new version (median),
+  ``alias_swap_seconds_webhook`` and ``alias_swap_seconds_poll``.
 
 Every figure and ratio is printed, and written flat to ``--out`` (seconds, rows or requests per
 second, ratios named ``*_ratio``). The model comes from the tracking store MLflow is pointed at
@@ -145,17 +150,20 @@ def _free_port() -> int:
 
 
 @contextmanager
-def server(command: list[str], port: int) -> Iterator[None]:
-    """Run ``command`` in its own process group until /ping answers; stop the group after."""
+def server(
+    command: list[str], port: int, ready_path: str = "/ping", env: dict[str, str] | None = None
+) -> Iterator[None]:
+    """Run ``command`` in its own process group until ``ready_path`` answers; stop the group
+    after. ``env``: variables added to this process's environment."""
     # The servers' logs go to a file: a pipe nobody reads would fill up and stall them.
     with tempfile.TemporaryFile() as log:
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         try:
-            _wait_until_ready(process, port, log)
+            _wait_until_ready(process, port, log, ready_path)
             yield
         finally:
             os.killpg(process.pid, signal.SIGTERM)
@@ -166,14 +174,14 @@ def server(command: list[str], port: int) -> Iterator[None]:
                 process.wait()
 
 
-def _wait_until_ready(process: subprocess.Popen, port: int, log) -> None:
+def _wait_until_ready(process: subprocess.Popen, port: int, log, path: str = "/ping") -> None:
     import http.client
 
     deadline = time.monotonic() + 180
     while True:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            connection.request("GET", "/ping")
+            connection.request("GET", path)
             if connection.getresponse().status == 200:
                 return
         except OSError:
@@ -279,6 +287,153 @@ def batch(model, model_uri: str, rows: int, chunk_rows: int) -> dict[str, float]
     return figures
 
 
+# --- alias swaps: registry webhook against polling ----------------------------------------------
+
+SWAP_ALIAS = "bench-swap"  # moved in a copy of the store only; the real aliases stay put
+
+
+def alias_swap(model_uri: str, one_row: bytes, args: argparse.Namespace) -> dict[str, float]:
+    """Seconds from an alias move to the first answer from the new version: webhook and poll.
+
+    Needs the store to be a local SQLite file (the default ./mlflow.db): it is copied, and the
+    copy gets a second version of the model (the same artifacts) and the alias ``SWAP_ALIAS``,
+    so the user's registry is never moved. The copy is served by ``mlflow server`` with the
+    settings a loopback webhook needs (``docs/serving.md``, "Registry webhooks").
+    """
+    import mlflow
+
+    from fraud_detection.serving.follower import registry_target
+    from fraud_detection.serving.webhooks import WEBHOOK_PATH, WEBHOOK_SECRET_VARIABLE
+
+    store, target = mlflow.get_tracking_uri(), registry_target(model_uri)
+    if not store.startswith("sqlite:///") or target is None or args.swap_rounds < 1:
+        logger.info("Alias swaps skipped: they need a models:/ URI in a local SQLite store")
+        return {}
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "mlflow.db"
+        versions = _swap_store(store, target, copy)
+        tracking_port, hearing, polling = _free_port(), _free_port(), _free_port()
+        client_env = {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{tracking_port}"}
+        hearing_env = {**client_env, WEBHOOK_SECRET_VARIABLE: "bench-webhook-secret"}
+        followed = ["--model-uri", f"models:/{target.name}@{SWAP_ALIAS}"]
+        with (
+            server(*_tracking_server(copy, tracking_port)),
+            server(_api(followed, hearing, 3600), hearing, env=hearing_env),
+            server(_api(followed, polling, args.poll_seconds), polling, env=client_env),
+        ):
+            url = f"http://127.0.0.1:{hearing}{WEBHOOK_PATH}"
+            subprocess.run(
+                [sys.executable, str(PROJECT_DIR / "serve.py"), "webhook", "--url", url],
+                env={**os.environ, **hearing_env},
+                check=True,
+                timeout=120,
+            )
+            client = mlflow.MlflowClient(client_env["MLFLOW_TRACKING_URI"])
+            # A first move, not counted, puts the polling service's timer at a known phase (it
+            # just polled); then each move comes a fraction of the poll interval after the
+            # previous swap, the fractions spread evenly (1/2n, 3/2n, ...): moved right after a
+            # swap, the polling service would always wait a whole interval.
+            _swap_once(client, target.name, versions[1], (hearing, polling), one_row)
+            rounds = []
+            for index in range(args.swap_rounds):
+                time.sleep((index + 0.5) / args.swap_rounds * args.poll_seconds)
+                version = versions[index % 2]
+                rounds.append(_swap_once(client, target.name, version, (hearing, polling), one_row))
+    figures = {
+        "alias_swap_seconds_webhook": float(np.median([r[0] for r in rounds])),
+        "alias_swap_seconds_poll": float(np.median([r[1] for r in rounds])),
+        "alias_swap_poll_interval_seconds": float(args.poll_seconds),
+        "alias_swap_rounds": float(len(rounds)),
+    }
+    print(
+        f"alias moved -> first answer from the new version (median of {len(rounds)} moves): "
+        f"webhook {figures['alias_swap_seconds_webhook']:.2f} s, polling every "
+        f"{args.poll_seconds:g} s {figures['alias_swap_seconds_poll']:.2f} s"
+    )
+    return figures
+
+
+def _tracking_server(database: Path, port: int) -> tuple[list[str], int, str, dict[str, str]]:
+    """``server`` arguments of an `mlflow server` on ``database`` that delivers webhooks to
+    loopback: one worker, no job runner, the secrets' encryption key fixed."""
+    from cryptography.fernet import Fernet
+
+    command = [sys.executable, "-m", "mlflow", "server", "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{database}"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    env = {
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    return command, port, "/health", env
+
+
+def _api(followed: list[str], port: int, poll_seconds: float) -> list[str]:
+    command = [sys.executable, str(PROJECT_DIR / "serve.py"), "api", *followed]
+    return [*command, "--poll-seconds", str(poll_seconds), "--port", str(port)]
+
+
+def _swap_store(store: str, target, copy: Path) -> tuple[str, str]:
+    """Copy the SQLite ``store`` to ``copy``; give the model a second version of the same
+    artifacts; point ``SWAP_ALIAS`` at the first. The two version numbers."""
+    import shutil
+
+    import mlflow
+
+    shutil.copy(store.removeprefix("sqlite:///"), copy)
+    client = mlflow.MlflowClient(f"sqlite:///{copy}")
+    if target.alias is not None:
+        served = client.get_model_version_by_alias(target.name, target.alias)
+    else:
+        served = client.get_model_version(target.name, target.version)
+    twin = client.create_model_version(
+        target.name, served.source, run_id=served.run_id, model_id=served.model_id
+    )
+    client.set_registered_model_alias(target.name, SWAP_ALIAS, served.version)
+    return str(served.version), str(twin.version)
+
+
+def _swap_once(client, name: str, version: str, ports: tuple[int, ...], body: bytes) -> list[float]:
+    """Move ``SWAP_ALIAS`` to ``version``; seconds until each port answers from it (one request
+    every 20 ms per port, from the moment before the move)."""
+    import threading
+
+    seconds: dict[int, float] = {}
+
+    def watch(port: int) -> None:
+        while time.monotonic() < started + 120:
+            if _answer_version(port, body) == version:
+                seconds[port] = time.monotonic() - started
+                return
+            time.sleep(0.02)
+
+    started = time.monotonic()
+    client.set_registered_model_alias(name, SWAP_ALIAS, version)
+    threads = [threading.Thread(target=watch, args=(port,)) for port in ports]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if len(seconds) < len(ports):
+        raise SystemExit(f"version {version} not served within 120 s of the alias move")
+    return [seconds[port] for port in ports]
+
+
+def _answer_version(port: int, body: bytes) -> str | None:
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        return response.getheader("X-Model-Version")
+    finally:
+        connection.close()
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -366,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound per measurement")
     parser.add_argument("--batch-rows", type=int, default=1_000_000, help="0: skip batch")
     parser.add_argument("--chunk-rows", type=int, default=250_000)
+    parser.add_argument("--swap-rounds", type=int, default=5, help="alias moves; 0: skip")
+    parser.add_argument("--poll-seconds", type=float, default=10.0, help="of the polling service")
     parser.add_argument("--empty-endpoint", type=int, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
     if args.empty_endpoint:
@@ -409,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             figures |= measure_server("mlflow", port, one_row, ten_k, args)
             mlflow_answer = _answer(port, one_row)
         print(f"same answer from both services: {ours_answer == mlflow_answer}")
+        figures |= alias_swap(args.model_uri, one_row, args)
         if args.batch_rows:
             figures |= batch(model, args.model_uri, args.batch_rows, args.chunk_rows)
     finally:

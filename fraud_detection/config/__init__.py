@@ -31,6 +31,7 @@ from fraud_detection.config.parameters import (
     TrackingConfig,
     TrainConfig,
     TransactionColumns,
+    WebhookConfig,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "TrackingConfig",
     "TrainConfig",
     "TransactionColumns",
+    "WebhookConfig",
     "format_duration",
     "parse_duration",
 ]

@@ -603,7 +603,10 @@ class ApiConfig:
     )
     poll_seconds: float = field(
         default=10.0,
-        metadata=_help("How often to check where the alias points; 0: never (pin at start)."),
+        metadata=_help(
+            "How often to check where the alias points; 0: never (pin at start, or, with "
+            "FRAUD_DETECTION_WEBHOOK_SECRET set, move only on registry webhooks)."
+        ),
     )
     max_body_bytes: int = field(
         default=16 * 1024 * 1024,
@@ -631,3 +634,28 @@ class ApiConfig:
             f"--extra-columns must be one of {', '.join(EXTRA_COLUMN_POLICIES)}, "
             f"got {self.extra_columns!r}",
         )
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """``serve.py webhook``: register the registry webhook that tells ``serve.py api`` at once
+    that its alias moved (the secret: ``FRAUD_DETECTION_WEBHOOK_SECRET``, as the service)."""
+
+    url: str = field(
+        default="",
+        metadata=_help(
+            "Where the tracking server posts alias events: the service's /webhooks/registry, "
+            "e.g. https://scoring.example.com/webhooks/registry."
+        ),
+    )
+    name: str = field(
+        default="fraud-detection-serving",
+        metadata=_help("Name of the webhook in the registry; registering again updates it."),
+    )
+
+    def __post_init__(self) -> None:
+        _require(
+            self.url.startswith(("http://", "https://")),
+            f"--url must be an http(s) URL of the service's webhook route, got {self.url!r}",
+        )
+        _require(bool(self.name.strip()), "--name must not be empty")

@@ -8,6 +8,8 @@ Routes:
                         decision threshold (JSON).
     GET  /metrics       Prometheus text format: requests by status, latency histogram, errors,
                         rows scored, the version served, alias swaps.
+    POST /webhooks/registry  MLflow's registry webhooks: a signed alias event for the model
+                        followed makes it check the alias at once (``webhooks.py``).
 
 Why it is faster than ``mlflow models serve`` on the same model: the request is parsed straight
 into a float matrix and checked against the signature here (no DataFrame, no pyfunc schema
@@ -28,7 +30,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,6 +49,12 @@ from fraud_detection.serving.protocol import (
     bad_request,
     parse_request,
     predictions_json,
+)
+from fraud_detection.serving.webhooks import (
+    WEBHOOK_PATH,
+    RegistryWebhooks,
+    WorkerWakeUps,
+    webhook_secret_from_environment,
 )
 
 logger = logging.getLogger(__name__)
@@ -151,16 +159,23 @@ def _metric(name: str, kind: str, help_text: str) -> list[str]:
 
 
 def create_app(
-    follower: ModelFollower, max_body_bytes: int, extra_columns: str = "warn"
+    follower: ModelFollower,
+    max_body_bytes: int,
+    extra_columns: str = "warn",
+    webhook_secret: str | None = None,
+    wake_workers: Callable[[], None] | None = None,
 ) -> Starlette:
     """The ASGI application around a loaded ``follower`` (its thread runs while the app does).
 
     ``extra_columns`` is what a request with columns the model does not take gets: ``warn``
     (scored; the columns named in a response header, logged once per distinct set, counted) or
     ``reject`` (400). MLflow's scoring server drops them silently, which hides upstream bugs
-    such as a renamed feature arriving beside the old name.
+    such as a renamed feature arriving beside the old name. ``webhook_secret`` turns registry
+    webhooks on (``webhooks.py``; None: the route answers 404); ``wake_workers`` tells the other
+    workers of the service.
     """
     service = ScoringService(follower, max_body_bytes, extra_columns)
+    webhooks = RegistryWebhooks(follower, webhook_secret, wake_workers)
     return Starlette(
         routes=[
             Route("/invocations", service.invocations, methods=["POST"]),
@@ -168,6 +183,7 @@ def create_app(
             Route("/health", service.ping, methods=["GET"]),
             Route("/version", service.version, methods=["GET"]),
             Route("/metrics", service.prometheus, methods=["GET"]),
+            Route(WEBHOOK_PATH, webhooks.receive, methods=["POST"]),
         ],
         lifespan=service.lifespan,
     )
@@ -344,8 +360,16 @@ def serve_api(config: ApiConfig) -> str:
     return f"stopped serving {config.model_uri} on http://{host}:{port}"
 
 
-def _serve_worker(config: ApiConfig, sock: socket.socket) -> None:
-    follower = ModelFollower(config.model_uri, config.poll_seconds, after_swap=settle_memory)
+def _serve_worker(
+    config: ApiConfig, sock: socket.socket, wake_ups: WorkerWakeUps | None = None
+) -> None:
+    webhook_secret = webhook_secret_from_environment()
+    follower = ModelFollower(
+        config.model_uri,
+        config.poll_seconds,
+        after_swap=settle_memory,
+        wake_on_demand=webhook_secret is not None,
+    )
     # Stopped while loading (before uvicorn handles signals): unwind, so the model's local
     # files are removed, instead of dying on the spot.
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -354,9 +378,20 @@ def _serve_worker(config: ApiConfig, sock: socket.socket) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
     settle_memory()
+    relay_stop = threading.Event()
+    if wake_ups is not None:
+        wake_ups.relay(follower, relay_stop)
     try:
-        run_uvicorn(create_app(follower, config.max_body_bytes, config.extra_columns), sock)
+        app = create_app(
+            follower,
+            config.max_body_bytes,
+            config.extra_columns,
+            webhook_secret=webhook_secret,
+            wake_workers=wake_ups.announce if wake_ups is not None else None,
+        )
+        run_uvicorn(app, sock)
     finally:
+        relay_stop.set()
         follower.close()
 
 
@@ -377,13 +412,15 @@ def settle_memory() -> None:
     gc.freeze()
 
 
-def _worker_main(config: ApiConfig, sock: socket.socket) -> None:
+def _worker_main(
+    config: ApiConfig, sock: socket.socket, wake_ups: WorkerWakeUps | None = None
+) -> None:
     """Entry point of a spawned worker process."""
     from fraud_detection.cli import configure_logging
 
     configure_logging()
     try:
-        _serve_worker(config, sock)
+        _serve_worker(config, sock, wake_ups)
     except PipelineError as error:
         logger.error("%s", error)
         raise SystemExit(1) from None
@@ -404,8 +441,12 @@ def _supervise(config: ApiConfig, sock: socket.socket) -> None:
     whatever supervises the service (systemd, Kubernetes) restarts it whole.
     """
     context = multiprocessing.get_context("spawn")
+    # A registry webhook reaches one worker: it tells the others through these.
+    wake_ups = WorkerWakeUps(context) if webhook_secret_from_environment() else None
     workers = [
-        context.Process(target=_worker_main, args=(config, sock), name=f"scoring-worker-{i}")
+        context.Process(
+            target=_worker_main, args=(config, sock, wake_ups), name=f"scoring-worker-{i}"
+        )
         for i in range(config.workers)
     ]
     stopping = threading.Event()

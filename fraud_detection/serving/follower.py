@@ -7,7 +7,7 @@ checked on a row, and only then swapped in with one reference assignment. A requ
 reference once and scores with that model from start to end, so no request fails or mixes two
 versions during a swap; the old version is dropped when its last request is done. If the new
 version cannot be loaded the service keeps answering with the old one and retries at the next
-poll.
+poll. ``check_now`` wakes the thread before its next poll (a registry webhook, ``webhooks.py``).
 """
 
 from __future__ import annotations
@@ -195,6 +195,8 @@ class ModelFollower:
         poll_seconds: How often to ask the registry where the alias points; 0 never asks.
         client: Registry client (default: MLflow's, from the environment).
         after_swap: Called (in the follower's thread) once a new version serves.
+        wake_on_demand: Run the thread even with ``poll_seconds`` 0, so that ``check_now``
+            (registry webhooks) still moves the served version.
     """
 
     def __init__(
@@ -203,17 +205,22 @@ class ModelFollower:
         poll_seconds: float,
         client: MlflowClient | None = None,
         after_swap: Callable[[], None] | None = None,
+        wake_on_demand: bool = False,
     ) -> None:
         self.model_uri = model_uri
         self.poll_seconds = poll_seconds
         self.target = registry_target(model_uri)
         self._client = client
         self._after_swap = after_swap
+        self._wake_on_demand = wake_on_demand
         self._current: ServedModel | None = None
         self._stop = threading.Event()
+        # Set by check_now and stop: the thread then checks (or stops) at once.
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.swaps = 0
         self.failed_polls = 0
+        self.checks = 0  # times the thread asked the registry (timed polls and check_now)
 
     @property
     def client(self) -> MlflowClient:
@@ -267,15 +274,32 @@ class ModelFollower:
         return True
 
     def start(self) -> None:
-        """Follow the alias in a background thread (no-op without an alias or a poll interval)."""
-        if not self.follows_alias or self.poll_seconds <= 0 or self._thread is not None:
+        """Follow the alias in a background thread (no-op without an alias, or without a poll
+        interval unless ``wake_on_demand``)."""
+        if not self.follows_alias or self._thread is not None:
+            return
+        if self.poll_seconds <= 0 and not self._wake_on_demand:
             return
         self._stop.clear()
+        self._wake.clear()
         self._thread = threading.Thread(target=self._follow, name="alias-follower", daemon=True)
         self._thread.start()
 
+    def check_now(self) -> bool:
+        """Ask the thread to check the alias at once instead of at its next poll.
+
+        Thread-safe and returns at once (the check and any load run in the follower's thread,
+        never in the caller's event loop). Requests that arrive during a check are merged into
+        one more check after it, so none is lost. False when no thread follows the alias.
+        """
+        if self._thread is None:
+            return False
+        self._wake.set()
+        return True
+
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
@@ -287,7 +311,15 @@ class ModelFollower:
             shutil.rmtree(self._current.directory, ignore_errors=True)
 
     def _follow(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
+        timeout = self.poll_seconds if self.poll_seconds > 0 else None
+        while True:
+            self._wake.wait(timeout)
+            # Cleared before checking: a wake-up that arrives during the check is kept for the
+            # next turn, so the version it announces is not missed.
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self.checks += 1
             try:
                 self.poll()
             # A registry outage or a broken new version must not take the service down: keep

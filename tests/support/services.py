@@ -365,10 +365,14 @@ def _tracking_server(
 
 
 @contextmanager
-def dev_server(workdir: Path, port: int | None = None) -> Iterator[TrackingServer]:
-    """deploy/dev-server.sh with its defaults (mlflow.db and ./mlartifacts in ``workdir``);
-    started again on the same ``port`` and ``workdir``, it is the same server restarted."""
-    with _tracking_server(DEV_SERVER_SCRIPT, workdir, port or free_port(), {}) as server:
+def dev_server(
+    workdir: Path, port: int | None = None, settings: Mapping[str, str] | None = None
+) -> Iterator[TrackingServer]:
+    """deploy/dev-server.sh with its defaults (mlflow.db and ./mlartifacts in ``workdir``),
+    or the server variables in ``settings``; started again on the same ``port`` and
+    ``workdir``, it is the same server restarted."""
+    port = port or free_port()
+    with _tracking_server(DEV_SERVER_SCRIPT, workdir, port, settings or {}) as server:
         yield server
 
 
