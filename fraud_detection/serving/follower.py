@@ -33,12 +33,12 @@ from fraud_detection.errors import (
     OutageError,
 )
 from fraud_detection.hardening.outages import artifact_store_outage, diagnose
-from fraud_detection.modelling.pyfunc import predictions_columns
+from fraud_detection.modelling.pyfunc import REASONS_PARAM, predictions_columns, reasons_count
 from fraud_detection.serving.fast_path import (
     SMALL_BATCH_ROWS,
     verified_walk,
 )
-from fraud_detection.serving.protocol import InputSchema
+from fraud_detection.serving.protocol import InputSchema, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)/?$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
 
 Predict = Callable[[np.ndarray], Mapping[str, np.ndarray] | np.ndarray]
+# (checked matrix, k >= 1) -> the prediction columns plus k reason codes (``pyfunc``'s names).
+Explain = Callable[[np.ndarray, int], Mapping[str, np.ndarray] | np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,27 @@ class ServedModel:
     config: Mapping[str, Any]  # the model's model_config (features, threshold, feature recipe)
     directory: str = field(repr=False)  # local copy of the artifacts, removed when replaced
     loaded_at: float = field(default_factory=time.time)
+    explain: Explain | None = field(default=None, repr=False)  # None: no reason codes
+
+    def answer(self, values: np.ndarray, reasons: int = 0) -> Mapping[str, np.ndarray] | np.ndarray:
+        """The response columns for a checked float matrix (one row per transaction, columns
+        in ``schema`` order): ``predict``'s, then ``reasons`` reason codes per row, the columns
+        ``mlflow models serve`` answers for ``"params": {"reasons": k}``. Take ``reasons`` from
+        ``requested_reasons``; 0 is the plain prediction, on the fast path.
+
+        Raises:
+            RequestError: 400 when this model gives no reason codes.
+        """
+        if reasons == 0:
+            return self.predict(values)
+        if self.explain is None:
+            raise _invalid_reasons("this model does not answer reason codes")
+        try:
+            return self.explain(values, reasons)
+        except MlflowException as error:
+            if error.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            raise _invalid_reasons(error.message) from error
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -90,6 +113,25 @@ class ServedModel:
             "model_uri": self.uri,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
         }
+
+
+def requested_reasons(params: Mapping[str, Any], model: ServedModel) -> int:
+    """The number of reason codes a request's ``params`` ask of ``model`` (0 when absent).
+
+    Raises:
+        RequestError: 400 naming the parameter, unless it is an integer from 0 to the
+            number of the model's features (what the pyfunc itself accepts).
+    """
+    try:
+        return reasons_count(params, len(model.schema.columns))
+    except MlflowException as error:
+        raise _invalid_reasons(error.message) from error
+
+
+def _invalid_reasons(message: str) -> RequestError:
+    if not message.startswith(f"parameter {REASONS_PARAM}"):
+        message = f"parameter {REASONS_PARAM}: {message}"
+    return RequestError(400, "INVALID_PARAMETER_VALUE", message)
 
 
 def load_served_model(
@@ -128,6 +170,7 @@ def load_served_model(
             predict=predict,
             config=config,
             directory=directory,
+            explain=_explainer(model, schema),
         )
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
@@ -165,7 +208,30 @@ def _fast_predict(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Pred
     return predict
 
 
-def _pyfunc_predict(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Predict:
+def _explainer(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Explain | None:
+    """The model's reason codes: ``FraudDetector.explain_values`` (no DataFrame), else the
+    pyfunc with ``params={"reasons": k}`` if its signature declares it, else None."""
+    try:
+        python_model = model.unwrap_python_model()
+    except MlflowException:
+        python_model = None
+    explain_values = getattr(python_model, "explain_values", None)
+    scorer = getattr(python_model, "scorer", None)
+    if explain_values is not None and tuple(getattr(scorer, "features", ())) == schema.names:
+        return explain_values
+    declared = model.metadata.get_params_schema()
+    if declared is None or REASONS_PARAM not in {spec.name for spec in declared.params}:
+        return None
+
+    def explain(values: np.ndarray, k: int) -> Mapping[str, np.ndarray] | np.ndarray:
+        return _pyfunc_predict(model, schema, {REASONS_PARAM: k})(values)
+
+    return explain
+
+
+def _pyfunc_predict(
+    model: mlflow.pyfunc.PyFuncModel, schema: InputSchema, params: dict[str, Any] | None = None
+) -> Predict:
     dtypes = {
         column.name: {
             "long": np.int64,
@@ -178,7 +244,7 @@ def _pyfunc_predict(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Pr
 
     def predict(values: np.ndarray) -> Mapping[str, np.ndarray] | np.ndarray:
         frame = pd.DataFrame(values, columns=list(schema.names)).astype(dtypes)
-        output = model.predict(frame)
+        output = model.predict(frame, params=params) if params else model.predict(frame)
         if isinstance(output, pd.DataFrame):
             return {str(name): output[name].to_numpy() for name in output.columns}
         return np.asarray(output)
