@@ -284,8 +284,8 @@ class Scorer:
 
             scaler, linear = steps[0][1], steps[1][1]
             if isinstance(scaler, StandardScaler) and isinstance(linear, LogisticRegression):
-                standardised = scaler.transform(values)
-                contributions = standardised * np.ravel(linear.coef_)
+                standardised = scaler.transform(values).astype(np.float64)
+                contributions = standardised * np.ravel(linear.coef_).astype(np.float64)
                 return contributions, np.full(len(values), float(linear.intercept_[0]))
         raise ExplanationError(f"model kind {self.kind} gives no per-feature contributions")
 

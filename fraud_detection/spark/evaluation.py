@@ -50,7 +50,8 @@ CANDIDATE = Scored("__candidate_fraud_probability__", "__candidate_decision__")
 CHAMPION = Scored("__champion_fraud_probability__", "__champion_decision__")
 PLOTS_NOTE = (
     "engine=spark draws the feature importance only: the ROC, precision-recall, calibration "
-    "and savings curves and the confusion matrix are drawn by the pandas engine's evaluate"
+    "and savings curves, the confusion matrix and the mean absolute contributions (reason "
+    "codes) are drawn by the pandas engine's evaluate"
 )
 
 

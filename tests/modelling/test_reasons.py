@@ -164,3 +164,17 @@ def test_every_feature_may_be_asked_for(logged, featurised):
     )
     named = explained[[reason_feature_column(i + 1) for i in range(len(FEATURE_COLUMNS))]]
     assert all(sorted(row) == sorted(FEATURE_COLUMNS) for row in named.to_numpy().tolist())
+
+
+def test_the_global_view_is_the_mean_absolute_contribution(logged, featurised):
+    from fraud_detection.modelling.evaluation import ModelUnderTest, mean_contributions
+
+    rows = featurised[list(FEATURE_COLUMNS)].tail(100)
+    for kind, model in logged.items():
+        means = mean_contributions(ModelUnderTest("unused", model), rows)
+        contributions, _ = model.unwrap_python_model().scorer.contributions_values(
+            rows.to_numpy(np.float64)
+        )
+        expected = pd.Series(np.abs(contributions).mean(axis=0), index=list(FEATURE_COLUMNS))
+        pd.testing.assert_series_equal(means, expected.sort_values(), check_names=False)
+        assert means.iloc[-1] > 0, kind
