@@ -279,18 +279,20 @@ class FraudDetector(PythonModel):
 
     def explain_values(self, values: np.ndarray, k: int) -> dict[str, np.ndarray]:
         """``predict_values`` plus the top-``k`` reason codes of each row (``k`` >= 1, checked
-        by the caller), the columns ``predict`` answers for ``params={"reasons": k}``.
+        by the caller): the columns ``predict`` answers for ``params={"reasons": k}``.
 
         Raises:
             MlflowException: INVALID_PARAMETER_VALUE when the model kind has no contributions.
         """
+        return {**self.predict_values(values), **self.reason_values(values, k)}
+
+    def reason_values(self, values: np.ndarray, k: int) -> dict[str, np.ndarray]:
+        """The reason-code columns alone (``explain_values`` without the prediction), for
+        callers that computed the prediction another way (``serving.fast_path``)."""
         try:
             contributions, bias = self.scorer.contributions_values(values)
         except ExplanationError as error:
             raise MlflowException(
                 f"parameter {REASONS_PARAM}: {error}", error_code=INVALID_PARAMETER_VALUE
             ) from error
-        return {
-            **self.predict_values(values),
-            **reasons_columns(contributions, bias, self.scorer.features, k),
-        }
+        return reasons_columns(contributions, bias, self.scorer.features, k)

@@ -155,7 +155,8 @@ def load_served_model(
             schema = InputSchema.from_signature(model.metadata.get_input_schema())
         except ValueError as error:
             raise LineageError(f"cannot serve model {uri}: {error}") from error
-        predict = _fast_predict(model, schema) or _pyfunc_predict(model, schema)
+        fast_predict, fast_explain = _fast_paths(model, schema)
+        predict = fast_predict or _pyfunc_predict(model, schema)
         # The first call pays XGBoost's one-off set-up; a request should not.
         predict(np.zeros((1, len(schema.columns))))
         config = dict(model.model_config or {})
@@ -170,34 +171,36 @@ def load_served_model(
             predict=predict,
             config=config,
             directory=directory,
-            explain=_explainer(model, schema),
+            explain=fast_explain or _pyfunc_explainer(model, schema),
         )
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
 
 
-def _fast_predict(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Predict | None:
-    """The model's own matrix entry point (``FraudDetector.predict_values``), when it has one.
+def _fast_paths(
+    model: mlflow.pyfunc.PyFuncModel, schema: InputSchema
+) -> tuple[Predict | None, Explain | None]:
+    """The model's own matrix entry points (``FraudDetector.predict_values`` and
+    ``explain_values``), when it has them; (None, None) otherwise.
 
-    It skips pyfunc's DataFrame conversion and schema enforcement: the request was already
+    They skip pyfunc's DataFrame conversion and schema enforcement: the request was already
     checked against the same signature by ``protocol.parse_request``. An XGBoost model answers
     requests of a few rows through ``tree_walk`` (the same numbers, without XGBoost's fixed cost
-    per call).
+    per call); with reason codes too, whose contributions still come from XGBoost.
     """
     try:
         python_model = model.unwrap_python_model()
     except MlflowException:
-        return None  # not a Python model: use the generic path
+        return None, None  # not a Python model: use the generic path
     predict_values = getattr(python_model, "predict_values", None)
+    explain_values = getattr(python_model, "explain_values", None)
     scorer = getattr(python_model, "scorer", None)
     if predict_values is None or tuple(getattr(scorer, "features", ())) != schema.names:
-        return None
-    if scorer.kind != "xgboost":
-        return predict_values
-    walk = verified_walk(scorer.estimator, len(schema.names))
+        return None, None
+    walk = verified_walk(scorer.estimator, len(schema.names)) if scorer.kind == "xgboost" else None
     if walk is None:
-        return predict_values
+        return predict_values, explain_values
     threshold = python_model.threshold
 
     def predict(values: np.ndarray) -> Mapping[str, np.ndarray]:
@@ -205,20 +208,17 @@ def _fast_predict(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Pred
             return predictions_columns(walk.probabilities(values), threshold)
         return predict_values(values)
 
-    return predict
+    def explain(values: np.ndarray, k: int) -> Mapping[str, np.ndarray]:
+        if len(values) <= SMALL_BATCH_ROWS:
+            return {**predict(values), **python_model.reason_values(values, k)}
+        return explain_values(values, k)
+
+    return predict, explain if explain_values is not None else None
 
 
-def _explainer(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Explain | None:
-    """The model's reason codes: ``FraudDetector.explain_values`` (no DataFrame), else the
-    pyfunc with ``params={"reasons": k}`` if its signature declares it, else None."""
-    try:
-        python_model = model.unwrap_python_model()
-    except MlflowException:
-        python_model = None
-    explain_values = getattr(python_model, "explain_values", None)
-    scorer = getattr(python_model, "scorer", None)
-    if explain_values is not None and tuple(getattr(scorer, "features", ())) == schema.names:
-        return explain_values
+def _pyfunc_explainer(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Explain | None:
+    """Reason codes through the pyfunc, ``params={"reasons": k}``, for a model that declares
+    the parameter in its signature but has no matrix entry point; None if it does not."""
     declared = model.metadata.get_params_schema()
     if declared is None or REASONS_PARAM not in {spec.name for spec in declared.params}:
         return None
