@@ -115,7 +115,8 @@ class WindowEvaluation:
     champion: Champion | None
     figures: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG
     plots_note: str = ""  # what the card says about plots not drawn
-    # Mean |contribution| per feature on the test rows, largest first (empty: not computed).
+    # Mean |contribution| per feature on the test rows, largest first (empty: a model kind
+    # without contributions).
     contributions: list[tuple[str, float]] = field(default_factory=list)
 
 

@@ -23,14 +23,12 @@ class ModelCard:
     plots: dict[str, bytes] = field(default_factory=dict)  # artifact file name -> PNG
     plots_note: str = ""  # why some plots are not drawn (engine=spark), shown above them
     # The reason codes' global view: (feature, mean |contribution| in log-odds), largest first;
-    # empty when not computed (a model kind without contributions, or engine=spark).
+    # empty for a model kind without contributions (the random-forest baseline).
     contributions: list[tuple[str, float]] = field(default_factory=list)
 
 
 CONTRIBUTIONS_TITLE = "Reason codes: mean absolute contribution on the test window"
-CONTRIBUTIONS_MISSING = (
-    "Not computed: the model kind has no per-feature contributions, or engine=spark evaluated it."
-)
+CONTRIBUTIONS_MISSING = "Not computed: this kind of model has no per-feature contributions."
 
 
 def _number(value: float | None) -> str:
