@@ -18,21 +18,26 @@ from fraud_detection.serving.batch import score_file
 from fraud_detection.serving.follower import ServedModel, load_served_model
 from fraud_detection.spark.batch import score_parquet
 from tests.support.pipeline import SMALL_DATA
-from tests.support.small_model import small_model
+from tests.support.small_model import SmallModel, small_model
 
 ID = SMALL_DATA.columns.id_column
 
 
+@pytest.fixture(scope="module")
+def model() -> SmallModel:
+    return small_model()
+
+
 @pytest.fixture
-def served() -> Iterator[ServedModel]:
-    loaded = load_served_model(small_model().log())
+def served(model: SmallModel) -> Iterator[ServedModel]:
+    loaded = load_served_model(model.log())
     yield loaded
     shutil.rmtree(loaded.directory, ignore_errors=True)
 
 
-def test_spark_writes_the_pandas_scorers_reasons(spark, served, tmp_path):
+def test_spark_writes_the_pandas_scorers_reasons(spark, model, served, tmp_path):
     source = tmp_path / "featured.parquet"
-    rows = small_model().test
+    rows = model.test
     # An input column named like a reason column: kept, the reason renamed beside it.
     rows.assign(reason_bias=1.0).to_parquet(source, index=False)
     pandas_output, spark_output = tmp_path / "pandas.parquet", tmp_path / "spark.parquet"
