@@ -11,14 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fraud_detection.config import ConfigError, ModelConfig
 from fraud_detection.data.features import FEATURE_COLUMNS, add_features
+from fraud_detection.modelling.estimators import CandidateSpec, Scorer, fit_candidate
 from fraud_detection.modelling.pyfunc import (
     DECISION_COLUMN,
     PROBABILITY_COLUMN,
+    FraudDetector,
     reason_column_names,
 )
 from fraud_detection.serving.api import create_app
-from fraud_detection.serving.follower import ModelFollower
+from fraud_detection.serving.batch import check_reasons
+from fraud_detection.serving.follower import ModelFollower, ServedModel, requested_reasons
+from fraud_detection.serving.protocol import InputColumn, InputSchema, RequestError
 from tests.serving.test_api import JSON_HEADERS, call
 from tests.support.pipeline import MODEL_NAME, TwoVersionStore, tiny_simulation
 
@@ -115,3 +120,35 @@ def test_params_that_are_not_an_object_are_refused(followers, feature_rows):
     status, content = _invoke(followers["xgboost"], _request(feature_rows.tail(2), [3]))
     assert status == 400
     assert "params must be an object" in json.loads(content)["message"]
+
+
+def test_a_model_kind_without_contributions_refuses_reasons_clearly(feature_rows, tmp_path):
+    # The random-forest baseline, wired as the service wires a FraudDetector (``_fast_paths``).
+    featured = add_features(tiny_simulation(seed=4, n_days=30))
+    spec, config = CandidateSpec("random_forest"), ModelConfig(n_jobs=1)
+    fitted = fit_candidate(spec, config, FEATURE_COLUMNS, featured, "TX_FRAUD")
+    detector = FraudDetector()
+    detector.scorer, detector.threshold = Scorer.from_fitted(fitted, FEATURE_COLUMNS), 0.5
+    schema = InputSchema(tuple(InputColumn(name, "double") for name in FEATURE_COLUMNS))
+    model = ServedModel(
+        uri="forest",
+        name=None,
+        version=None,
+        run_id=None,
+        threshold=0.5,
+        schema=schema,
+        predict=detector.predict_values,
+        config={},
+        directory=str(tmp_path),
+        explain=detector.explain_values,
+    )
+    values = feature_rows.tail(2).to_numpy(np.float64)
+    assert list(model.answer(values, 0)) == [PROBABILITY_COLUMN, DECISION_COLUMN]
+    with pytest.raises(RequestError) as refused:
+        model.answer(values, requested_reasons({"reasons": 3}, model))
+    assert (refused.value.status, refused.value.code) == (400, "INVALID_PARAMETER_VALUE")
+    assert refused.value.message == (
+        "parameter reasons: model kind random_forest gives no per-feature contributions"
+    )
+    with pytest.raises(ConfigError, match="--reasons 3: parameter reasons: model kind random"):
+        check_reasons(model, 3)
