@@ -568,11 +568,19 @@ class BatchConfig:
             "the windows reach (the transactions of the longest feature window plus the delay)."
         ),
     )
+    reasons: int = field(
+        default=0,
+        metadata=_help(
+            "Reason codes per row: the top k features by contribution to the score, with their "
+            "signed contributions (log-odds) and the bias. 0: none."
+        ),
+    )
     columns: TransactionColumns = field(default_factory=TransactionColumns)
     engine: str = _engine_field("the features and scores (spark writes a Parquet directory)")
 
     def __post_init__(self) -> None:
         check_engine(self.engine)
+        _require(self.reasons >= 0, f"--reasons must be 0 or more, got {self.reasons}")
         _require(bool(self.input), "--input is required: the CSV or Parquet file to score")
         _require(
             self.output.lower().endswith(CSV_SUFFIXES + PARQUET_SUFFIXES),

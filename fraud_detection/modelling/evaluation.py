@@ -31,7 +31,7 @@ from fraud_detection.data.schema import DAY_COLUMN
 from fraud_detection.errors import DataError, OutageError
 from fraud_detection.hardening.datasets import pandas_dataset
 from fraud_detection.hardening.outages import diagnose
-from fraud_detection.modelling.estimators import feature_importance
+from fraud_detection.modelling.estimators import ExplanationError, feature_importance
 from fraud_detection.modelling.metrics import (
     CARD_PRECISION_K,
     card_precision_at_k,
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 SCORE_COLUMN = "__model_fraud_probability__"
 DECISION_EVALUATED = "__model_decision__"
 FEATURE_IMPORTANCE_PLOT = f"{TEST_PREFIX}feature_importance"
+MEAN_CONTRIBUTION_PLOT = f"{TEST_PREFIX}mean_abs_contribution"
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class WindowEvaluation:
     champion: Champion | None
     figures: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG
     plots_note: str = ""  # what the card says about plots not drawn
+    # Mean |contribution| per feature on the test rows, largest first (empty: a model kind
+    # without contributions).
+    contributions: list[tuple[str, float]] = field(default_factory=list)
 
 
 def score_champion(
@@ -150,6 +154,21 @@ def feature_importance_plot(candidate: ModelUnderTest) -> tuple[str, Any]:
     return FEATURE_IMPORTANCE_PLOT, figure
 
 
+def mean_contributions(candidate: ModelUnderTest, inputs: pd.DataFrame) -> pd.Series:
+    """Each feature's mean absolute contribution to the candidate's margin (log-odds) over
+    ``inputs``, the global view of its reason codes, ascending; empty for a model kind
+    without per-feature contributions."""
+    scorer = candidate.model.unwrap_python_model().scorer
+    try:
+        contributions, _ = scorer.contributions_values(
+            inputs[list(scorer.features)].to_numpy(np.float64)
+        )
+    except ExplanationError:
+        return pd.Series(dtype=float)
+    means = np.abs(contributions).mean(axis=0) if len(inputs) else np.zeros(len(scorer.features))
+    return pd.Series(means, index=list(scorer.features), dtype=float).sort_values()
+
+
 def unprefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {key.removeprefix(prefix): value for key, value in metrics.items()}
 
@@ -173,10 +192,14 @@ def evaluate_on_pandas(
     context = _MetricContext(rows, data_config, settings["review_cost"])
     dataset = _test_dataset(rows, source, data_config, features, context, scored)
     figures: dict[str, bytes] = {}
-    plot = _plot_artifacts(context, scored, champion, settings, candidate, figures)
+    means = mean_contributions(candidate, inputs)
+    plot = _plot_artifacts(context, scored, champion, settings, candidate, figures, means)
     result = _evaluate_predictions(dataset, candidate.model_id, TEST_PREFIX, context, plot=plot)
     champion_metrics = _evaluate_champion(dataset.df, champion, context)
-    return WindowEvaluation(result, champion_metrics, champion, figures)
+    largest_first = [(str(name), float(value)) for name, value in means[::-1].items()]
+    return WindowEvaluation(
+        result, champion_metrics, champion, figures, contributions=largest_first
+    )
 
 
 def _test_dataset(
@@ -364,6 +387,7 @@ def _plot_artifacts(
     settings: dict,
     model: ModelUnderTest,
     figures: dict[str, bytes],
+    contributions: pd.Series,
 ) -> Callable:
     """The custom-artifact function of the candidate's evaluation (the champion drawn beside)."""
 
@@ -390,6 +414,7 @@ def _plot_artifacts(
         }
         name, figure = feature_importance_plot(model)
         drawn[name] = figure
+        drawn[MEAN_CONTRIBUTION_PLOT] = plots.mean_contribution_figure(contributions)
         figures.update({f"{name}.png": plots.png_bytes(figure) for name, figure in drawn.items()})
         return drawn
 

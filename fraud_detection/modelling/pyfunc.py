@@ -21,10 +21,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
-from mlflow.types import ColSpec, DataType, Schema
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from fraud_detection.config import DEFAULT_DELAY_DAYS, DEFAULT_FEATURE_WINDOWS, FeatureWindows
 from fraud_detection.modelling.estimators import (
+    ExplanationError,
     Scorer,
     matrix,
 )
@@ -33,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 PROBABILITY_COLUMN = "fraud_probability"
 DECISION_COLUMN = "is_fraud"
+# Reason codes, on request (predict params {"reasons": k}): for rank i in 1..k the feature that
+# moved the row's margin most (by absolute contribution) and its signed contribution, then the
+# bias, so that the contributions of all features plus the bias are the margin (log-odds).
+REASONS_PARAM = "reasons"
+REASON_BIAS_COLUMN = "reason_bias"
 ESTIMATOR_ARTIFACT = "estimator"
 MODEL_CODE = Path(__file__).with_name("pyfunc_entry.py")
 PACKAGE_DIR = Path(__file__).parents[1]
@@ -56,13 +62,83 @@ def predictions_frame(probabilities: np.ndarray, threshold: float) -> pd.DataFra
     return pd.DataFrame(predictions_columns(probabilities, threshold))
 
 
+def reason_feature_column(rank: int) -> str:
+    """Name of the column holding the feature of reason ``rank`` (1 = the strongest)."""
+    return f"reason_{rank}_feature"
+
+
+def reason_contribution_column(rank: int) -> str:
+    """Name of the column holding the signed margin contribution of reason ``rank``."""
+    return f"reason_{rank}_contribution"
+
+
+def reason_column_names(k: int) -> list[str]:
+    """The reason columns ``k`` reasons add after the decision, in output order."""
+    if k == 0:
+        return []
+    ranks = range(1, k + 1)
+    pairs = [(reason_feature_column(i), reason_contribution_column(i)) for i in ranks]
+    return [name for pair in pairs for name in pair] + [REASON_BIAS_COLUMN]
+
+
+def reasons_columns(
+    contributions: np.ndarray, bias: np.ndarray, features: Sequence[str], k: int
+) -> dict[str, np.ndarray]:
+    """The top-``k`` reasons of each row: features by absolute contribution, largest first
+    (ties in feature order), their signed contributions, and the bias. Empty for ``k`` = 0."""
+    if k == 0:
+        return {}
+    order = np.argsort(-np.abs(contributions), axis=1, kind="stable")[:, :k]
+    names = np.asarray(list(features), dtype=object)
+    rows = np.arange(contributions.shape[0])
+    columns: dict[str, np.ndarray] = {}
+    for rank in range(k):
+        picked = order[:, rank]
+        columns[reason_feature_column(rank + 1)] = names[picked]
+        columns[reason_contribution_column(rank + 1)] = contributions[rows, picked].astype(
+            np.float64
+        )
+    columns[REASON_BIAS_COLUMN] = np.asarray(bias, dtype=np.float64)
+    return columns
+
+
+def reasons_count(params: Mapping[str, Any] | None, n_features: int) -> int:
+    """The number of reasons ``params`` asks for (0 when absent).
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE, naming the parameter, for anything but an
+            integer from 0 to ``n_features``.
+    """
+    value = (params or {}).get(REASONS_PARAM)
+    if value is None:
+        return 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not (0 <= value <= n_features)
+    ):
+        raise MlflowException(
+            f"parameter {REASONS_PARAM} must be an integer from 0 to {n_features} (the number "
+            f"of features), got {value!r}",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    return int(value)
+
+
 def model_signature(features: Sequence[str]) -> ModelSignature:
-    """Input: one double per feature, all required. Output: probability and 0/1 decision."""
+    """Input: one double per feature, all required. Output: probability and 0/1 decision.
+
+    Params: ``reasons`` (long, default 0), the number of reason codes to add per row. The
+    reason columns are not in the output schema: how many there are depends on the request,
+    and MLflow does not check outputs against it (only ``spark_udf`` reads it, for its default
+    result type; ``spark.scoring`` passes its own).
+    """
     return ModelSignature(
         inputs=Schema([ColSpec(DataType.double, name) for name in features]),
         outputs=Schema(
             [ColSpec(DataType.double, PROBABILITY_COLUMN), ColSpec(DataType.long, DECISION_COLUMN)]
         ),
+        params=ParamSchema([ParamSpec(REASONS_PARAM, DataType.long, 0)]),
     )
 
 
@@ -187,8 +263,10 @@ class FraudDetector(PythonModel):
     ) -> pd.DataFrame:
         values = matrix(model_input, self.scorer.features)
         _require_finite(values, self.scorer.features)
-        probabilities = self.scorer.predict_proba_values(values)
-        return predictions_frame(probabilities, self.threshold)
+        k = reasons_count(params, len(self.scorer.features))
+        if k == 0:
+            return predictions_frame(self.scorer.predict_proba_values(values), self.threshold)
+        return pd.DataFrame(self.explain_values(values, k))
 
     def predict_values(self, values: np.ndarray) -> dict[str, np.ndarray]:
         """``predict`` without pandas, for callers that checked the input themselves.
@@ -198,3 +276,23 @@ class FraudDetector(PythonModel):
         DataFrame round trip, which costs more than the model itself on a single row.
         """
         return predictions_columns(self.scorer.predict_proba_values(values), self.threshold)
+
+    def explain_values(self, values: np.ndarray, k: int) -> dict[str, np.ndarray]:
+        """``predict_values`` plus the top-``k`` reason codes of each row (``k`` >= 1, checked
+        by the caller): the columns ``predict`` answers for ``params={"reasons": k}``.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE when the model kind has no contributions.
+        """
+        return {**self.predict_values(values), **self.reason_values(values, k)}
+
+    def reason_values(self, values: np.ndarray, k: int) -> dict[str, np.ndarray]:
+        """The reason-code columns alone (``explain_values`` without the prediction), for
+        callers that computed the prediction another way (``serving.fast_path``)."""
+        try:
+            contributions, bias = self.scorer.contributions_values(values)
+        except ExplanationError as error:
+            raise MlflowException(
+                f"parameter {REASONS_PARAM}: {error}", error_code=INVALID_PARAMETER_VALUE
+            ) from error
+        return reasons_columns(contributions, bias, self.scorer.features, k)

@@ -22,6 +22,13 @@ class ModelCard:
     gate: list[tuple[str, bool, str]]  # (criterion, passed, detail)
     plots: dict[str, bytes] = field(default_factory=dict)  # artifact file name -> PNG
     plots_note: str = ""  # why some plots are not drawn (engine=spark), shown above them
+    # The reason codes' global view: (feature, mean |contribution| in log-odds), largest first;
+    # empty for a model kind without contributions (the random-forest baseline).
+    contributions: list[tuple[str, float]] = field(default_factory=list)
+
+
+CONTRIBUTIONS_TITLE = "Reason codes: mean absolute contribution on the test window"
+CONTRIBUTIONS_MISSING = "Not computed: this kind of model has no per-feature contributions."
 
 
 def _number(value: float | None) -> str:
@@ -42,6 +49,12 @@ def to_markdown(card: ModelCard) -> str:
     ]
     lines += ["", "## Promotion gate", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {name}: {detail}" for name, ok, detail in card.gate]
+    lines += ["", f"## {CONTRIBUTIONS_TITLE}", ""]
+    if card.contributions:
+        lines += ["| feature | mean abs. contribution (log-odds) |", "|---|---|"]
+        lines += [f"| {name} | {_number(value)} |" for name, value in card.contributions]
+    else:
+        lines.append(CONTRIBUTIONS_MISSING)
     lines += ["", "## Plots", ""]
     lines += [card.plots_note, ""] if card.plots_note else []
     lines += [f"![{name}]({name})" for name in card.plots]
@@ -70,6 +83,16 @@ def to_html(card: ModelCard) -> str:
         for name, png in card.plots.items()
     )
     note = f"<p>{escape(card.plots_note)}</p>" if card.plots_note else ""
+    contributions = (
+        "<table><tr><th>feature</th><th>mean abs. contribution (log-odds)</th></tr>"
+        + "".join(
+            f"<tr><td>{escape(name)}</td><td>{_number(value)}</td></tr>"
+            for name, value in card.contributions
+        )
+        + "</table>"
+        if card.contributions
+        else f"<p>{escape(CONTRIBUTIONS_MISSING)}</p>"
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{escape(card.title)}</title>
 <style>
@@ -85,6 +108,7 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 28em; }}
 <h2>Test metrics</h2>
 <table><tr><th>metric</th><th>candidate</th><th>{escape(card.champion_label)}</th></tr>{rows}</table>
 <h2>Promotion gate</h2><ul>{gate}</ul>
+<h2>{escape(CONTRIBUTIONS_TITLE)}</h2>{contributions}
 <h2>Plots</h2>{note}{images}
 </body></html>
 """

@@ -76,6 +76,21 @@ def feature_importance_figure(importance: pd.Series) -> Figure:
     return figure
 
 
+def mean_contribution_figure(means: pd.Series) -> Figure:
+    """The global view of the reason codes: each feature's mean absolute contribution to the
+    margin (log-odds) over the rows scored, largest at the top."""
+    figure = Figure(figsize=(6.0, 0.3 * len(means) + 1.0), layout="constrained")
+    axes = figure.subplots()
+    axes.set_title("Mean |contribution| to the score (candidate, test window)")
+    if means.empty:
+        axes.text(0.5, 0.5, "not available for this kind of model", ha="center", va="center")
+        axes.set_axis_off()
+        return figure
+    axes.barh(means.index, means.to_numpy())
+    axes.set_xlabel("mean absolute contribution (log-odds)")
+    return figure
+
+
 def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)

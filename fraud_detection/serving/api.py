@@ -2,7 +2,8 @@
 
 Routes:
     POST /invocations   MLflow's scoring protocol (``protocol.py``): a client written for
-                        ``mlflow models serve`` works unchanged.
+                        ``mlflow models serve`` works unchanged; ``"params": {"reasons": k}``
+                        adds k reason codes per row (``ServedModel.answer``).
     GET  /ping, /health 200 once a model is loaded (as ``mlflow models serve``).
     GET  /version       the registered model name, the version being served, its run id and
                         decision threshold (JSON).
@@ -41,7 +42,7 @@ from starlette.routing import Route
 
 from fraud_detection.config import ApiConfig
 from fraud_detection.errors import PipelineError
-from fraud_detection.serving.follower import ModelFollower, ServedModel
+from fraud_detection.serving.follower import ModelFollower, ServedModel, requested_reasons
 from fraud_detection.serving.protocol import (
     JSON,
     RequestError,
@@ -208,9 +209,8 @@ class ScoringService:
             parsed = parse_request(body, request.headers.get("content-type"), model.schema)
             headers = {**_version_header(model), **self._extra_columns(parsed, model)}
             rows = len(parsed.values)
-            response = Response(
-                predictions_json(model.predict(parsed.values)), media_type=JSON, headers=headers
-            )
+            answer = model.answer(parsed.values, requested_reasons(parsed.params, model))
+            response = Response(predictions_json(answer), media_type=JSON, headers=headers)
         except RequestError as error:
             response = Response(error.body(), status_code=error.status, media_type=JSON)
         except ClientDisconnect:

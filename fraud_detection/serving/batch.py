@@ -14,6 +14,9 @@ the timestamp never decreases from one row to the next (rows at the same instant
 any order). A file out of order is refused with the first offending row; sort it first. Within
 that rule the features are exactly those of scoring the whole file at once. A file that already
 holds the model's feature columns is scored as it is, in any order.
+
+``--reasons k`` adds the model's k reason codes per row after its decision (the columns of
+``pyfunc.reason_column_names``, as ``mlflow models serve`` answers ``"params": {"reasons": k}``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import pandas as pd
 from fraud_detection.config import (
     PARQUET_SUFFIXES,
     BatchConfig,
+    ConfigError,
     DataConfig,
     FeatureWindows,
     TransactionColumns,
@@ -41,8 +45,9 @@ from fraud_detection.data.features import DEFAULT_WINDOWS, add_features
 from fraud_detection.data.reading import read_chunks
 from fraud_detection.data.validation import prepare_transactions
 from fraud_detection.errors import DataError
-from fraud_detection.modelling.pyfunc import DECISION_COLUMN, feature_recipe
-from fraud_detection.serving.follower import ModelFollower, ServedModel
+from fraud_detection.modelling.pyfunc import DECISION_COLUMN, REASONS_PARAM, feature_recipe
+from fraud_detection.serving.follower import ModelFollower, ServedModel, requested_reasons
+from fraud_detection.serving.protocol import RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +91,25 @@ def score_batch(config: BatchConfig) -> str:
     follower = ModelFollower(config.model_uri, poll_seconds=0)
     model = follower.load()
     try:
+        check_reasons(model, config.reasons)
         return score_file(model, config).summary()
     finally:
         follower.close()
+
+
+def check_reasons(model: ServedModel, reasons: int) -> None:
+    """Refuse ``--reasons`` the model cannot answer before any row is read (on one row).
+
+    Raises:
+        ConfigError: more reasons than features, or a model kind without reason codes.
+    """
+    if reasons == 0:
+        return
+    try:
+        requested_reasons({REASONS_PARAM: reasons}, model)
+        model.answer(np.zeros((1, len(model.schema.columns))), reasons)
+    except RequestError as error:
+        raise ConfigError(f"--reasons {reasons}: {error.message}") from error
 
 
 def score_file(model: ServedModel, config: BatchConfig) -> BatchReport:
@@ -123,7 +144,7 @@ def score_file(model: ServedModel, config: BatchConfig) -> BatchReport:
             report.seconds["features"] += time.perf_counter() - started
             if len(ready):
                 started = time.perf_counter()
-                predictions = model.predict(values)
+                predictions = model.answer(values, config.reasons)
                 report.seconds["predict"] += time.perf_counter() - started
                 started = time.perf_counter()
                 scored = _with_predictions(ready.reset_index(drop=True), predictions)

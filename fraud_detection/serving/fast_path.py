@@ -10,7 +10,7 @@ the C library's ``expf`` as XGBoost does. ``verified_walk`` builds it only for p
 logistic boosters and only keeps it if it gives bit-for-bit XGBoost's own probabilities on probe
 rows built from every split threshold; otherwise the caller keeps using XGBoost.
 
-A fork may delete this module (``follower._fast_predict`` then calls XGBoost for every request):
+A fork may delete this module (``follower._fast_paths`` then calls XGBoost for every request):
 single-row requests lose about 0.25 ms each (``bench/serving.py``, ``docs/performance.md``).
 """
 

@@ -33,12 +33,12 @@ from fraud_detection.errors import (
     OutageError,
 )
 from fraud_detection.hardening.outages import artifact_store_outage, diagnose
-from fraud_detection.modelling.pyfunc import predictions_columns
+from fraud_detection.modelling.pyfunc import REASONS_PARAM, predictions_columns, reasons_count
 from fraud_detection.serving.fast_path import (
     SMALL_BATCH_ROWS,
     verified_walk,
 )
-from fraud_detection.serving.protocol import InputSchema
+from fraud_detection.serving.protocol import InputSchema, RequestError
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)/?$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
 
 Predict = Callable[[np.ndarray], Mapping[str, np.ndarray] | np.ndarray]
+# (checked matrix, k >= 1) -> the prediction columns plus k reason codes (``pyfunc``'s names).
+Explain = Callable[[np.ndarray, int], Mapping[str, np.ndarray] | np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,27 @@ class ServedModel:
     config: Mapping[str, Any]  # the model's model_config (features, threshold, feature recipe)
     directory: str = field(repr=False)  # local copy of the artifacts, removed when replaced
     loaded_at: float = field(default_factory=time.time)
+    explain: Explain | None = field(default=None, repr=False)  # None: no reason codes
+
+    def answer(self, values: np.ndarray, reasons: int = 0) -> Mapping[str, np.ndarray] | np.ndarray:
+        """The response columns for a checked float matrix (one row per transaction, columns
+        in ``schema`` order): ``predict``'s, then ``reasons`` reason codes per row, the columns
+        ``mlflow models serve`` answers for ``"params": {"reasons": k}``. Take ``reasons`` from
+        ``requested_reasons``; 0 is the plain prediction, on the fast path.
+
+        Raises:
+            RequestError: 400 when this model gives no reason codes.
+        """
+        if reasons == 0:
+            return self.predict(values)
+        if self.explain is None:
+            raise _invalid_reasons("this model does not answer reason codes")
+        try:
+            return self.explain(values, reasons)
+        except MlflowException as error:
+            if error.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+            raise _invalid_reasons(error.message) from error
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -90,6 +113,25 @@ class ServedModel:
             "model_uri": self.uri,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at)),
         }
+
+
+def requested_reasons(params: Mapping[str, Any], model: ServedModel) -> int:
+    """The number of reason codes a request's ``params`` ask of ``model`` (0 when absent).
+
+    Raises:
+        RequestError: 400 naming the parameter, unless it is an integer from 0 to the
+            number of the model's features (what the pyfunc itself accepts).
+    """
+    try:
+        return reasons_count(params, len(model.schema.columns))
+    except MlflowException as error:
+        raise _invalid_reasons(error.message) from error
+
+
+def _invalid_reasons(message: str) -> RequestError:
+    if not message.startswith(f"parameter {REASONS_PARAM}"):
+        message = f"parameter {REASONS_PARAM}: {message}"
+    return RequestError(400, "INVALID_PARAMETER_VALUE", message)
 
 
 def load_served_model(
@@ -113,7 +155,8 @@ def load_served_model(
             schema = InputSchema.from_signature(model.metadata.get_input_schema())
         except ValueError as error:
             raise LineageError(f"cannot serve model {uri}: {error}") from error
-        predict = _fast_predict(model, schema) or _pyfunc_predict(model, schema)
+        fast_predict, fast_explain = _fast_paths(model, schema)
+        predict = fast_predict or _pyfunc_predict(model, schema)
         # The first call pays XGBoost's one-off set-up; a request should not.
         predict(np.zeros((1, len(schema.columns))))
         config = dict(model.model_config or {})
@@ -128,33 +171,36 @@ def load_served_model(
             predict=predict,
             config=config,
             directory=directory,
+            explain=fast_explain or _pyfunc_explainer(model, schema),
         )
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
 
 
-def _fast_predict(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Predict | None:
-    """The model's own matrix entry point (``FraudDetector.predict_values``), when it has one.
+def _fast_paths(
+    model: mlflow.pyfunc.PyFuncModel, schema: InputSchema
+) -> tuple[Predict | None, Explain | None]:
+    """The model's own matrix entry points (``FraudDetector.predict_values`` and
+    ``explain_values``), when it has them; (None, None) otherwise.
 
-    It skips pyfunc's DataFrame conversion and schema enforcement: the request was already
+    They skip pyfunc's DataFrame conversion and schema enforcement: the request was already
     checked against the same signature by ``protocol.parse_request``. An XGBoost model answers
     requests of a few rows through ``tree_walk`` (the same numbers, without XGBoost's fixed cost
-    per call).
+    per call); with reason codes too, whose contributions still come from XGBoost.
     """
     try:
         python_model = model.unwrap_python_model()
     except MlflowException:
-        return None  # not a Python model: use the generic path
+        return None, None  # not a Python model: use the generic path
     predict_values = getattr(python_model, "predict_values", None)
+    explain_values = getattr(python_model, "explain_values", None)
     scorer = getattr(python_model, "scorer", None)
     if predict_values is None or tuple(getattr(scorer, "features", ())) != schema.names:
-        return None
-    if scorer.kind != "xgboost":
-        return predict_values
-    walk = verified_walk(scorer.estimator, len(schema.names))
+        return None, None
+    walk = verified_walk(scorer.estimator, len(schema.names)) if scorer.kind == "xgboost" else None
     if walk is None:
-        return predict_values
+        return predict_values, explain_values
     threshold = python_model.threshold
 
     def predict(values: np.ndarray) -> Mapping[str, np.ndarray]:
@@ -162,10 +208,30 @@ def _fast_predict(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Pred
             return predictions_columns(walk.probabilities(values), threshold)
         return predict_values(values)
 
-    return predict
+    def explain(values: np.ndarray, k: int) -> Mapping[str, np.ndarray]:
+        if len(values) <= SMALL_BATCH_ROWS:
+            return {**predict(values), **python_model.reason_values(values, k)}
+        return explain_values(values, k)
+
+    return predict, explain if explain_values is not None else None
 
 
-def _pyfunc_predict(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Predict:
+def _pyfunc_explainer(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Explain | None:
+    """Reason codes through the pyfunc, ``params={"reasons": k}``, for a model that declares
+    the parameter in its signature but has no matrix entry point; None if it does not."""
+    declared = model.metadata.get_params_schema()
+    if declared is None or REASONS_PARAM not in {spec.name for spec in declared.params}:
+        return None
+
+    def explain(values: np.ndarray, k: int) -> Mapping[str, np.ndarray] | np.ndarray:
+        return _pyfunc_predict(model, schema, {REASONS_PARAM: k})(values)
+
+    return explain
+
+
+def _pyfunc_predict(
+    model: mlflow.pyfunc.PyFuncModel, schema: InputSchema, params: dict[str, Any] | None = None
+) -> Predict:
     dtypes = {
         column.name: {
             "long": np.int64,
@@ -178,7 +244,7 @@ def _pyfunc_predict(model: mlflow.pyfunc.PyFuncModel, schema: InputSchema) -> Pr
 
     def predict(values: np.ndarray) -> Mapping[str, np.ndarray] | np.ndarray:
         frame = pd.DataFrame(values, columns=list(schema.names)).astype(dtypes)
-        output = model.predict(frame)
+        output = model.predict(frame, params=params) if params else model.predict(frame)
         if isinstance(output, pd.DataFrame):
             return {str(name): output[name].to_numpy() for name in output.columns}
         return np.asarray(output)

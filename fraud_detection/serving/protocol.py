@@ -20,7 +20,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
@@ -63,6 +63,8 @@ class ScoringInput:
 
     values: np.ndarray
     extra_columns: tuple[str, ...] = ()
+    # The JSON body's "params" (inference parameters, e.g. {"reasons": 3}); empty without.
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,15 +118,18 @@ def parse_request(body: bytes, content_type: str | None, schema: InputSchema) ->
             the protocol or the signature.
     """
     mime_type = _mime_type(content_type)
+    params: Mapping[str, Any] = {}
     if mime_type == JSON:
-        values, sent = _from_json(body, schema)
+        payload = _json_payload(body)
+        values, sent = _from_payload(payload, schema)
+        params = _params(payload)
     elif mime_type == CSV:
         values, sent = _from_frame(_read_csv(body), schema)
     else:
         values, sent = _from_frame(_read_parquet(body), schema)
     known = set(schema.names)
     extra = tuple(name for name in dict.fromkeys(sent) if name not in known)
-    return ScoringInput(check_values(values, schema), extra)
+    return ScoringInput(check_values(values, schema), extra, params)
 
 
 # Each reader returns the matrix and the column names the request used (all of them, or at
@@ -161,7 +166,8 @@ def _mime_type(content_type: str | None) -> str:
 # --- JSON -------------------------------------------------------------------------------------
 
 
-def _from_json(body: bytes, schema: InputSchema) -> _Read:
+def _json_payload(body: bytes) -> dict[str, Any]:
+    """The JSON body as an object with exactly one input format key (and maybe params)."""
     try:
         payload = json.loads(body)
     except UnicodeDecodeError as error:
@@ -179,7 +185,22 @@ def _from_json(body: bytes, schema: InputSchema) -> _Read:
     if len(present) != 1 or unknown:
         found = "none" if not present else " and ".join(present)
         raise bad_request(_format_help(f"found {found}" + (" and other keys" if unknown else "")))
-    input_format = present[0]
+    return payload
+
+
+def _params(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    params = payload.get(PARAMS_KEY)
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise bad_request(
+            f"{PARAMS_KEY} must be an object of parameter values, not {_kind(params)}"
+        )
+    return params
+
+
+def _from_payload(payload: Mapping[str, Any], schema: InputSchema) -> _Read:
+    input_format = next(key for key in JSON_FORMATS if key in payload)
     data = payload[input_format]
     if input_format == "dataframe_split":
         return _from_split(data, schema)
@@ -461,4 +482,7 @@ def _as_json_texts(values: np.ndarray) -> Iterator[str] | None:
         return map(int.__repr__, values.tolist())
     if values.dtype.kind == "b":
         return iter(["true" if value else "false" for value in values.tolist()])
+    texts = values.tolist()
+    if values.dtype.kind in "OUT" and all(isinstance(text, str) for text in texts):
+        return map(json.dumps, texts)  # feature names of reason codes
     return None

@@ -3,9 +3,10 @@
 The Spark twin of ``serving.batch`` (``serve.py batch --engine spark``). The model URI is
 resolved once (an alias to its version, as the pandas scorer does) and that version scores
 every row, through ``mlflow.pyfunc.spark_udf`` (``spark.scoring``). The output is a Parquet
-directory holding the input's columns, then ``fraud_probability`` and ``is_fraud`` (each
-``predicted_<name>`` when the input already has a column of that name): the columns and
-scores of the pandas scorer, written by the executors, nothing collected to the driver.
+directory holding the input's columns, then ``fraud_probability`` and ``is_fraud`` and, with
+``--reasons k``, the reason-code columns (each ``predicted_<name>`` when the input already has
+a column of that name): the columns and scores of the pandas scorer, written by the
+executors, nothing collected to the driver.
 
 A dataset that holds the model's feature columns is scored as it is. Raw transactions need
 the features computed first: that is the ``raw_features`` hook (``RawFeatures``), which
@@ -39,8 +40,13 @@ from fraud_detection.config import (
     TransactionColumns,
 )
 from fraud_detection.errors import DataError
-from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN, feature_recipe
-from fraud_detection.serving.batch import output_column
+from fraud_detection.modelling.pyfunc import (
+    DECISION_COLUMN,
+    PROBABILITY_COLUMN,
+    feature_recipe,
+    reason_column_names,
+)
+from fraud_detection.serving.batch import check_reasons, output_column
 from fraud_detection.serving.follower import ModelFollower, ServedModel
 from fraud_detection.spark.features import add_features
 from fraud_detection.spark.scoring import score_frame
@@ -98,8 +104,9 @@ def score_batch(
     follower = ModelFollower(config.model_uri, poll_seconds=0)
     model = follower.load()
     try:
+        check_reasons(model, config.reasons)
         report = score_parquet(
-            spark, model, config.input, config.output, config.columns, raw_features
+            spark, model, config.input, config.output, config.columns, raw_features, config.reasons
         )
     finally:
         follower.close()
@@ -113,6 +120,7 @@ def score_parquet(
     output: str,
     columns: TransactionColumns | None = None,
     raw_features: RawFeatures | None = None,
+    reasons: int = 0,
 ) -> SparkBatchReport:
     """Score the Parquet dataset ``source`` with ``model``; write a Parquet directory ``output``.
 
@@ -123,6 +131,7 @@ def score_parquet(
         output: Parquet directory to write (replaced if it exists).
         columns: Column names of raw transactions (for ``raw_features``).
         raw_features: Computes the features of raw transactions (see the module docstring).
+        reasons: Reason codes per row (checked by ``serving.batch.check_reasons``).
     """
     started = time.perf_counter()
     frame = _read(spark, source)
@@ -136,9 +145,16 @@ def score_parquet(
         featured = _raw_with_features(
             frame, features, model, source, columns or TransactionColumns(), raw_features
         )
-    names = {name: output_column(name, pd.Index(frame.columns)) for name in _OUTPUTS}
+    outputs = [*_OUTPUTS, *reason_column_names(reasons)]
+    names = {name: output_column(name, pd.Index(frame.columns)) for name in outputs}
     scored = score_frame(
-        featured, model.uri, features, names[PROBABILITY_COLUMN], names[DECISION_COLUMN]
+        featured,
+        model.uri,
+        features,
+        names[PROBABILITY_COLUMN],
+        names[DECISION_COLUMN],
+        reasons,
+        reason_columns=names,
     )
     scored.select(*frame.columns, *names.values()).write.mode("overwrite").parquet(output)
     rows, alerts = _count_written(spark, output, names[DECISION_COLUMN])

@@ -8,27 +8,32 @@ logs (``test_*``, ``champion_test_*``): the fraud metrics, and the classifier me
 model's decision from one aggregate of the confusion counts. They are logged with
 ``mlflow.log_metrics(..., model_id=...)``, linked to each model as on the pandas engine.
 
-Plots: the feature importance (it needs no rows). The curves (ROC, precision-recall,
-calibration, savings against the threshold) and the confusion matrix are drawn on the pandas
-engine only; the model card says so.
+Plots: the feature importance (it needs no rows) and the mean absolute contribution of each
+feature (the reason codes' global view: one more column of the persisted table, averaged in
+the same aggregate pass). The curves (ROC, precision-recall, calibration, savings against the
+threshold) and the confusion matrix are drawn on the pandas engine only; the model card says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import mlflow
+import numpy as np
+import pandas as pd
 from mlflow.models import EvaluationResult
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as sf
 
 from fraud_detection.config import DataConfig
 from fraud_detection.contract import CHAMPION_PREFIX, TEST_PREFIX
 from fraud_detection.data.schema import DAY_COLUMN
 from fraud_detection.errors import DataError
+from fraud_detection.modelling.estimators import ExplanationError, Scorer
 from fraud_detection.modelling.evaluation import (
+    MEAN_CONTRIBUTION_PLOT,
     ChampionVersion,
     ModelUnderTest,
     Scored,
@@ -43,15 +48,18 @@ from fraud_detection.spark.metrics import (
     ranking_sums,
     recall_at_false_positive_rate,
 )
-from fraud_detection.spark.scoring import score_frame
+from fraud_detection.spark.scoring import feature_struct, score_frame
 
 # Each model's outputs, as columns of the scored test rows (named apart from the user's).
 CANDIDATE = Scored("__candidate_fraud_probability__", "__candidate_decision__")
 CHAMPION = Scored("__champion_fraud_probability__", "__champion_decision__")
 PLOTS_NOTE = (
-    "engine=spark draws the feature importance only: the ROC, precision-recall, calibration "
-    "and savings curves and the confusion matrix are drawn by the pandas engine's evaluate"
+    "engine=spark draws the feature importance and the mean absolute contributions only: the "
+    "ROC, precision-recall, calibration and savings curves and the confusion matrix are drawn "
+    "by the pandas engine's evaluate"
 )
+# Each test row's absolute contributions (an array in feature order), in the persisted table.
+_CONTRIBUTIONS = "__candidate_abs_contributions__"
 
 
 @dataclass(frozen=True)
@@ -82,11 +90,14 @@ def evaluate_on_spark(
     measured = [CANDIDATE] + ([CHAMPION] if champion and champion.scored else [])
     kept = [columns.label, columns.amount, columns.day, columns.card]
     kept += [name for scored in measured for name in _names(scored)]
-    table = frames[-1].select(*dict.fromkeys(c for c in kept if c is not None))
+    scorer = candidate.model.unwrap_python_model().scorer
+    explained = _abs_contributions(frames[-1], scorer)
+    table = frames[-1].select(*dict.fromkeys(c for c in kept if c is not None), *explained)
     table = table.persist(StorageLevel.MEMORY_AND_DISK)  # each model's UDF runs once
     try:
         metrics = {TEST_PREFIX + k: v for k, v in model_metrics(table, columns, CANDIDATE).items()}
         champion_metrics = model_metrics(table, columns, CHAMPION) if len(measured) > 1 else {}
+        means = mean_contributions(table, scorer.features) if explained else pd.Series(dtype=float)
     finally:
         table.unpersist()
     mlflow.log_metrics(metrics, model_id=candidate.model_id)
@@ -95,15 +106,43 @@ def evaluate_on_spark(
             {CHAMPION_PREFIX + k: v for k, v in champion_metrics.items()},
             model_id=champion.model_id,
         )
-    name, figure = feature_importance_plot(candidate)
-    mlflow.log_figure(figure, f"{name}.png")
+    drawn = dict([feature_importance_plot(candidate)])
+    drawn[MEAN_CONTRIBUTION_PLOT] = plots.mean_contribution_figure(means)
+    for name, figure in drawn.items():
+        mlflow.log_figure(figure, f"{name}.png")
     return WindowEvaluation(
         EvaluationResult(metrics=metrics, artifacts={}),
         champion_metrics,
         champion,
-        figures={f"{name}.png": plots.png_bytes(figure)},
+        figures={f"{name}.png": plots.png_bytes(figure) for name, figure in drawn.items()},
         plots_note=PLOTS_NOTE,
+        contributions=[(str(name), float(value)) for name, value in means[::-1].items()],
     )
+
+
+def _abs_contributions(frame: DataFrame, scorer: Scorer) -> list[Column]:
+    """The column of each row's absolute contributions to ``scorer``'s margin (the pandas
+    engine's ``Scorer.contributions_values``, run in the executors); none for a model kind
+    without contributions."""
+    try:
+        scorer.contributions_values(np.zeros((1, len(scorer.features))))
+    except ExplanationError:
+        return []
+
+    @sf.pandas_udf("array<double>")
+    def contributions(features: pd.DataFrame) -> pd.Series:
+        values, _ = scorer.contributions_values(features.to_numpy(np.float64))
+        return pd.Series(list(np.abs(values)))
+
+    return [contributions(feature_struct(frame, scorer.features)).alias(_CONTRIBUTIONS)]
+
+
+def mean_contributions(table: DataFrame, features: Sequence[str]) -> pd.Series:
+    """Each feature's mean absolute contribution over ``table`` (one aggregate row), ascending
+    as ``modelling.evaluation.mean_contributions``."""
+    column = sf.col(_CONTRIBUTIONS)
+    row = table.agg(*(sf.avg(column[index]) for index in range(len(features)))).first()
+    return pd.Series([float(value or 0.0) for value in row], index=list(features)).sort_values()
 
 
 def _names(scored: Scored) -> tuple[str, str]:

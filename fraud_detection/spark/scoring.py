@@ -14,7 +14,7 @@ task, and runs the pandas engine's own code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import mlflow.pyfunc
 import numpy as np
@@ -24,18 +24,37 @@ from pyspark.sql import functions as sf
 
 from fraud_detection.errors import DataError
 from fraud_detection.modelling.estimators import Scorer
-from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
+from fraud_detection.modelling.pyfunc import (
+    DECISION_COLUMN,
+    PROBABILITY_COLUMN,
+    REASONS_PARAM,
+    reason_column_names,
+    reason_feature_column,
+)
 
 # The model's output (``pyfunc.model_signature``) as a Spark struct.
 RESULT_TYPE = f"{PROBABILITY_COLUMN} double, {DECISION_COLUMN} long"
 _RESULT = "__model_output__"
 
 
-def model_udf(spark: SparkSession, model_uri: str) -> Callable[[Column], Column]:
-    """The model at ``model_uri`` as a Spark UDF of one struct of feature columns (the struct
-    of ``feature_struct``), returning the struct ``RESULT_TYPE``."""
+def result_type(reasons: int = 0) -> str:
+    """The model's output struct with ``reasons`` reason codes (``RESULT_TYPE`` for 0)."""
+    features = {reason_feature_column(rank) for rank in range(1, reasons + 1)}
+    added = [
+        f"{name} {'string' if name in features else 'double'}"
+        for name in reason_column_names(reasons)
+    ]
+    return ", ".join([RESULT_TYPE, *added])
 
-    return mlflow.pyfunc.spark_udf(spark, model_uri, result_type=RESULT_TYPE, env_manager="local")
+
+def model_udf(spark: SparkSession, model_uri: str, reasons: int = 0) -> Callable[[Column], Column]:
+    """The model at ``model_uri`` as a Spark UDF of one struct of feature columns (the struct
+    of ``feature_struct``), returning the struct ``result_type(reasons)``: the pyfunc called
+    with ``params={"reasons": reasons}`` (``spark_udf`` passes params to every batch)."""
+    params = {REASONS_PARAM: reasons} if reasons else None
+    return mlflow.pyfunc.spark_udf(
+        spark, model_uri, result_type=result_type(reasons), env_manager="local", params=params
+    )
 
 
 def feature_struct(frame: DataFrame, features: Sequence[str]) -> Column:
@@ -52,6 +71,8 @@ def score_frame(
     features: Sequence[str],
     probability_column: str = PROBABILITY_COLUMN,
     decision_column: str = DECISION_COLUMN,
+    reasons: int = 0,
+    reason_columns: Mapping[str, str] | None = None,
 ) -> DataFrame:
     """``frame`` with the model's fraud probability and decision added as two columns.
 
@@ -64,13 +85,21 @@ def score_frame(
         features: The model's feature columns (its ``model_config["features"]``).
         probability_column: Name of the probability column to add.
         decision_column: Name of the 0/1 decision column to add.
+        reasons: Reason codes per row, added after the decision.
+        reason_columns: Where each reason output (``pyfunc.reason_column_names``) goes;
+            default: its own name.
     """
-    predict = model_udf(frame.sparkSession, model_uri)
+    renamed = reason_columns or {}
+    predict = model_udf(frame.sparkSession, model_uri, reasons)
     scored = frame.withColumn(_RESULT, predict(feature_struct(frame, features)))
     return scored.withColumns(
         {
             probability_column: scored[_RESULT][PROBABILITY_COLUMN],
             decision_column: scored[_RESULT][DECISION_COLUMN],
+            **{
+                renamed.get(name, name): scored[_RESULT][name]
+                for name in reason_column_names(reasons)
+            },
         }
     ).drop(_RESULT)
 

@@ -278,6 +278,7 @@ def _model_card(
         gate=[(c.name, c.passed, c.detail) for c in criteria],
         plots=measured.figures,
         plots_note=measured.plots_note,
+        contributions=measured.contributions,
     )
 
 

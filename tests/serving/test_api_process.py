@@ -1,6 +1,7 @@
 """`serve.py api` as a real process on a free loopback port, next to `mlflow models serve`.
 
-- a client written for `mlflow models serve` gets the same answers from `serve.py api`;
+- a client written for `mlflow models serve` gets the same answers from `serve.py api`, reason
+  codes (``"params": {"reasons": 3}``) included;
 - the @champion alias is moved (promotion, then rollback) while clients keep sending requests:
   no request fails, and every answer comes whole from one version;
 - several workers share the port and stop together; a stop while they load is a clean stop, a
@@ -35,6 +36,7 @@ from fraud_detection.data.features import (
 from fraud_detection.modelling.pyfunc import (
     DECISION_COLUMN,
     PROBABILITY_COLUMN,
+    reason_column_names,
 )
 from fraud_detection.serving.api import IGNORED_COLUMNS_HEADER
 from tests.support import PROJECT_DIR
@@ -140,6 +142,15 @@ def test_a_client_of_mlflow_models_serve_works_unchanged(store, rows, tmp_path):
         # One and a few rows go through the NumPy tree walk: the same bytes all the same.
         "one row": (json.dumps({"dataframe_records": records[:1]}).encode(), "application/json"),
         "eight rows": (json.dumps({"dataframe_records": records[:8]}).encode(), "application/json"),
+        # Reason codes, asked through the protocol's params (the NumPy walk, then XGBoost).
+        "reasons": (
+            json.dumps({"dataframe_split": split, "params": {"reasons": 3}}).encode(),
+            "application/json",
+        ),
+        "reasons, one row": (
+            json.dumps({"dataframe_records": records[:1], "params": {"reasons": 3}}).encode(),
+            "application/json",
+        ),
     }
     answers: dict[str, dict[str, tuple[int, bytes]]] = {}
     for name, command in (("mlflow", _mlflow_models_serve(uri)), ("ours", _serve_api(uri))):
@@ -150,6 +161,9 @@ def test_a_client_of_mlflow_models_serve_works_unchanged(store, rows, tmp_path):
             }
             missing = json.dumps({"dataframe_records": [{"TX_AMOUNT": 1.0}]}).encode()
             answers[name]["missing column"] = _request(connection, missing)[::2]
+            for bad in (-1, 99, 2.5):
+                body = json.dumps({"dataframe_records": records[:1], "params": {"reasons": bad}})
+                answers[name][f"reasons {bad}"] = _request(connection, body.encode())[::2]
             connection.close()
             # MLflow's own Python client for its scoring server.
             host, port = base.split(":")
@@ -164,6 +178,12 @@ def test_a_client_of_mlflow_models_serve_works_unchanged(store, rows, tmp_path):
     assert answers["mlflow"]["missing column"][0] == answers["ours"]["missing column"][0] == 400
     message = json.loads(answers["ours"]["missing column"][1])["message"]
     assert message.startswith("missing required column(s): TX_DURING_WEEKEND, ")
+    explained = json.loads(answers["ours"]["reasons"][1])["predictions"][0]
+    assert list(explained) == [PROBABILITY_COLUMN, DECISION_COLUMN, *reason_column_names(3)]
+    for bad in (-1, 99, 2.5):
+        statuses = answers["mlflow"][f"reasons {bad}"][0], answers["ours"][f"reasons {bad}"][0]
+        assert statuses == (400, 400), bad
+        assert "reasons" in json.loads(answers["ours"][f"reasons {bad}"][1])["message"]
 
 
 def test_large_and_bad_requests_leave_the_service_answering(store, rows, tmp_path):

@@ -121,7 +121,8 @@ def test_spark_train_evaluate_register_reaches_a_champion_the_pandas_pyfunc_scor
     model_metrics = MlflowClient().get_logged_model(evaluate_run.data.tags[MODEL_ID_TAG]).metrics
     assert "test_roc_auc" in {metric.key for metric in model_metrics}
     card = mlflow.artifacts.load_text(f"runs:/{evaluate_run.info.run_id}/{MODEL_CARD_MARKDOWN}")
-    assert "draws the feature importance only" in card and "test_feature_importance.png" in card
+    assert "draws the feature importance and the mean absolute contributions only" in card
+    assert "test_feature_importance.png" in card and "test_mean_abs_contribution.png" in card
     register(RegisterConfig(run_id=evaluate_run.info.run_id))
 
     # Evaluated again, the model meets itself as @champion: scored on Spark, the same figures.

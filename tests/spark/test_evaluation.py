@@ -82,5 +82,11 @@ def test_both_engines_measure_the_same_rows_alike_and_refuse_the_same_champion(
         gate = check_gate(result.candidate, {}, LENIENT_GATE, result.champion)
         assert not {c.name: c.passed for c in gate}["beats_champion"], engine
     assert "no column(s) " + model.features[6] in actual.champion.problem
-    assert list(actual.figures) == ["test_feature_importance.png"]
+    assert list(actual.figures) == [
+        "test_feature_importance.png",
+        "test_mean_abs_contribution.png",
+    ]
+    # The reason codes' global view: the pandas engine's numbers, summed in another order.
+    assert len(actual.contributions) == len(expected.contributions) == 6
+    assert dict(actual.contributions) == pytest.approx(dict(expected.contributions), rel=1e-9)
     assert actual.plots_note == PLOTS_NOTE and expected.plots_note == ""

@@ -12,6 +12,7 @@ from fraud_detection.cli import (
     main_with_exit_code,
 )
 from fraud_detection.config import EvaluateConfig, GateConfig, TrainConfig, TransactionColumns
+from fraud_detection.data.features import FEATURE_COLUMNS
 from fraud_detection.modelling.evaluation import Champion, Scored
 from fraud_detection.steps.evaluate import check_gate, evaluate
 from fraud_detection.steps.train import train
@@ -31,6 +32,7 @@ PLOTS = {
     "test_confusion_matrix.png",
     "test_savings_vs_threshold.png",
     "test_feature_importance.png",
+    "test_mean_abs_contribution.png",
 }
 
 
@@ -53,6 +55,12 @@ def test_evaluation_metrics_plots_and_model_card(experiment):
     assert train_run.data.params["data_fingerprint"] in card
     assert train_run.data.tags["fraud.model_id"] in card
     assert f"{metrics['test_roc_auc']:.4f}" in card
+    # The reason codes' global view: one row per feature, largest mean |contribution| first.
+    section = card.split("## Reason codes: mean absolute contribution on the test window")[1]
+    rows = [line for line in section.split("## Plots")[0].splitlines() if line.startswith("| ")]
+    means = [float(row.split("|")[2]) for row in rows[1:]]
+    assert len(means) == len(FEATURE_COLUMNS)
+    assert means == sorted(means, reverse=True) and means[0] > 0
     html = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_card.html")
     assert html.count("data:image/png;base64,") == len(PLOTS) - 1  # confusion matrix: MLflow's
 
