@@ -9,10 +9,8 @@ workers) taking turns; and across restarts, from Redis or, when it is empty, fro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 
@@ -22,22 +20,6 @@ from fraud_detection.online.service import open_online_service
 from fraud_detection.serving.api import create_app
 from fraud_detection.serving.follower import ModelFollower
 from tests.support.online import COLUMNS, Replay, assert_matches_batch, call, replay_through
-from tests.support.pipeline import MODEL_NAME, TwoVersionStore
-
-VERSION_URI = f"models:/{MODEL_NAME}/1"
-
-
-@pytest.fixture(scope="module")
-def follower(two_version_store: TwoVersionStore) -> Iterator[ModelFollower]:
-    uri = f"sqlite:///{two_version_store.database}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        follower = ModelFollower(VERSION_URI, poll_seconds=0)
-        follower.load()
-        mlflow.set_tracking_uri(None)
-    yield follower
-    follower.close()
 
 
 @pytest.fixture(scope="module")
