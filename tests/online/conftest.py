@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import mlflow
 import pytest
 
 from fraud_detection.config import FeatureWindows
@@ -12,7 +11,8 @@ from fraud_detection.data.features import feature_columns
 from fraud_detection.online.features import OnlineRecipe
 from fraud_detection.online.state import MemoryState, OnlineState
 from fraud_detection.serving.follower import ModelFollower
-from tests.support.pipeline import MODEL_NAME, TwoVersionStore
+from tests.support.online import served_version
+from tests.support.pipeline import TwoVersionStore
 
 DAY = 86_400
 
@@ -20,15 +20,8 @@ DAY = 86_400
 @pytest.fixture(scope="module")
 def follower(two_version_store: TwoVersionStore) -> Iterator[ModelFollower]:
     """Version 1 of the two-version store, loaded once per module."""
-    uri = f"sqlite:///{two_version_store.database}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        mlflow.set_tracking_uri(uri)
-        follower = ModelFollower(f"models:/{MODEL_NAME}/1", poll_seconds=0)
-        follower.load()
-        mlflow.set_tracking_uri(None)
-    yield follower
-    follower.close()
+    with served_version(two_version_store, 1) as follower:
+        yield follower
 
 
 @pytest.fixture

@@ -12,19 +12,42 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
 from fraud_detection.config import TransactionColumns
 from fraud_detection.data.features import add_features
 from fraud_detection.online.features import OnlineRecipe
+from fraud_detection.serving.follower import ModelFollower
+from tests.support.pipeline import MODEL_NAME, TwoVersionStore
 
 COLUMNS = TransactionColumns()
 REQUEST_ROWS = 40  # transactions per request (a new request also starts at each label)
+
+
+@contextmanager
+def served_version(store: TwoVersionStore, version: int) -> Iterator[ModelFollower]:
+    """A version of the two-version store, loaded as the service loads it; closed on exit."""
+    uri = f"sqlite:///{store.database}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        follower = ModelFollower(f"models:/{MODEL_NAME}/{version}", poll_seconds=0)
+        try:
+            follower.load()
+        finally:
+            mlflow.set_tracking_uri(None)
+    try:
+        yield follower
+    finally:
+        follower.close()
 
 
 def call(app: Any, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
