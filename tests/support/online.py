@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,7 @@ class Replay:
         events.sort(key=lambda event: (event[0], event[1], _id_of(event[2])))
         yield from _grouped(events)
 
+    @cached_property
     def expected(self) -> pd.DataFrame:
         """The batch path's features of the replayed rows (indexed by id)."""
         featured = add_features(
@@ -223,7 +225,7 @@ def assert_matches_batch(
     served model answers a few rows by walking the trees in float64 and more through XGBoost's
     own predictor (float32 sums), which differ by about 1e-6 relative on the same row.
     """
-    expected = replay.expected()
+    expected = replay.expected
     assert sorted(answers) == sorted(expected.index.tolist())
     online = pd.DataFrame([answers[i]["features"] for i in expected.index], index=expected.index)
     online = online[list(expected.columns)]

@@ -6,6 +6,7 @@ Skipped without Debian's ``redis-server`` or the ``redis`` client, failed instea
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.processes import background_process, free_port
-from tests.support.requirements import require, require_modules
+from tests.support.requirements import require
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ def require_redis() -> str:
     """The redis-server executable (skip, or fail in CI, without it or the client)."""
     executable = shutil.which("redis-server")
     require(executable is not None, "redis-server", "apt-get install redis-server")
-    require_modules("redis")
+    client = importlib.util.find_spec("redis") is not None
+    require(client, "the redis client", 'pip install -e ".[online]"')
     return executable
 
 
