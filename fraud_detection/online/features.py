@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -71,15 +72,30 @@ class OnlineRecipe:
         delay_seconds = int(parse_duration("delay_days", delay) // pd.Timedelta(seconds=1))
         return cls(windows, delay_seconds, features)
 
-    @property
+    @cached_property
     def card_lookback(self) -> int:
         """How far back (seconds) a card's entries can still count."""
         return max(self.windows.seconds)
 
-    @property
+    @cached_property
     def terminal_lookback(self) -> int:
         """How far back a terminal's entries (and their labels) can still count."""
         return max(self.windows.seconds) + self.delay_seconds
+
+    @cached_property
+    def _plan(self) -> tuple[tuple[int, str, str, str, str, str], ...]:
+        """Per window: its length and its five column names (computed once, not per request)."""
+        return tuple(
+            (
+                seconds,
+                f"CUSTOMER_ID_NB_TX_{label}_WINDOW",
+                f"CUSTOMER_ID_AVG_AMOUNT_{label}_WINDOW",
+                f"CUSTOMER_ID_AMOUNT_RATIO_{label}_WINDOW",
+                f"TERMINAL_ID_NB_TX_{label}_WINDOW",
+                f"TERMINAL_ID_RISK_{label}_WINDOW",
+            )
+            for label, seconds in zip(self.windows.labels, self.windows.seconds, strict=True)
+        )
 
     def describe(self) -> str:
         labels = ",".join(label.lower() for label in self.windows.labels)
@@ -109,24 +125,22 @@ def transaction_features(
         "TX_DURING_NIGHT": float(second_of_day // 3600 <= NIGHT_LAST_HOUR),
     }
     delay = recipe.delay_seconds
-    for label, window in zip(recipe.windows.labels, recipe.windows.seconds, strict=True):
+    for window, count_name, average_name, ratio_name, traffic_name, risk_name in recipe._plan:
         count, total = 1.0, amount
         for seconds, earlier_amount in card:
             if seconds > t - window:
                 count += 1.0
                 total += earlier_amount
         average = total / count
-        features[f"CUSTOMER_ID_NB_TX_{label}_WINDOW"] = count
-        features[f"CUSTOMER_ID_AVG_AMOUNT_{label}_WINDOW"] = average
-        features[f"CUSTOMER_ID_AMOUNT_RATIO_{label}_WINDOW"] = (
-            amount / average if average > 0 else 1.0
-        )
+        features[count_name] = count
+        features[average_name] = average
+        features[ratio_name] = amount / average if average > 0 else 1.0
         in_window = [
             fraud for seconds, fraud in terminal if t - delay - window < seconds <= t - delay
         ]
         frauds = float(sum(in_window))
-        features[f"TERMINAL_ID_NB_TX_{label}_WINDOW"] = float(len(in_window))
-        features[f"TERMINAL_ID_RISK_{label}_WINDOW"] = frauds / len(in_window) if in_window else 0.0
+        features[traffic_name] = float(len(in_window))
+        features[risk_name] = frauds / len(in_window) if in_window else 0.0
     return features
 
 

@@ -46,6 +46,7 @@ DEFAULT_PREFIX = "fraud-online:"
 _FIELDS_PER_TRANSACTION = 5
 _LOAD_BATCH = 2_000
 _LOADING_LOCK_SECONDS = 600
+SEPARATOR = "\x1e"  # ASCII record separator: Lua's '\30'
 
 # Shared by both scripts: bytewise "a < b" (Lua's own string comparison follows the locale).
 _LUA_HELPERS = """
@@ -72,11 +73,12 @@ end
 
 # ARGV: prefix, card lookback, terminal lookback, n, then per transaction: key, seconds, card,
 # terminal, amount. Returns {"conflict", position, problem} (nothing written) or, per
-# transaction, {"dup", features or ""} / {"new", card entries, terminal entries, labels}.
+# transaction, {"dup", features or ""} / {"new", card entries, terminal entries, labels}, each
+# list joined into one string by SEPARATOR (ids hold printable characters only).
 _RECORD = (
     _LUA_HELPERS
     + """
-local p = ARGV[1]
+local p, SEP = ARGV[1], '\\30'
 local card_lookback, terminal_lookback = tonumber(ARGV[2]), tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
 local latest, duplicate = {}, {}
@@ -126,8 +128,10 @@ for i = 0, n - 1 do
       redis.call('HDEL', labels_key, old_key)
       redis.call('DEL', p .. 'tx:' .. old_key)
     end
-    results[#results + 1] = {'new', redis.call('LRANGE', card_key, 0, -1),
-      redis.call('LRANGE', terminal_key, 0, -1), redis.call('HGETALL', labels_key)}
+    -- One string per list: redis-py parses replies in Python, element by element.
+    results[#results + 1] = {'new', table.concat(redis.call('LRANGE', card_key, 0, -1), SEP),
+      table.concat(redis.call('LRANGE', terminal_key, 0, -1), SEP),
+      table.concat(redis.call('HGETALL', labels_key), SEP)}
     redis.call('RPUSH', card_key, ARGV[b + 1] .. '|' .. key .. '|' .. amount)
     redis.call('RPUSH', terminal_key, ARGV[b + 1] .. '|' .. key)
     redis.call('HSET', p .. 'tx:' .. key, 's', ARGV[b + 1], 'c', card, 't', terminal, 'a', amount)
@@ -274,7 +278,9 @@ def _observation(transaction: RawTransaction, answer: Sequence[Any]) -> Observat
         return Observation(
             transaction, duplicate=True, features=tuple(json.loads(stored)) if stored else None
         )
-    card_entries, terminal_entries, flat_labels = answer[1], answer[2], answer[3]
+    card_entries, terminal_entries, flat_labels = (
+        text.split(SEPARATOR) if text else [] for text in answer[1:4]
+    )
     labels = dict(zip(flat_labels[::2], flat_labels[1::2], strict=True))
     card = []
     for entry in card_entries:

@@ -154,10 +154,11 @@ def _id(item: Mapping[str, Any], where: str, name: str) -> int | str:
     value = item.get(name)
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) < _INT_OFFSET:
         return value
-    if isinstance(value, str) and 0 < len(value) <= _MAX_TEXT:
+    if isinstance(value, str) and 0 < len(value) <= _MAX_TEXT and value.isprintable():
         return value
     raise InvalidRequestError(
-        f"{where}.{name}: must be an integer (64-bit) or a string of 1 to {_MAX_TEXT} characters"
+        f"{where}.{name}: must be an integer (64-bit) or a string of 1 to {_MAX_TEXT} "
+        "printable characters"
     )
 
 

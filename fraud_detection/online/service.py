@@ -65,6 +65,7 @@ class OnlineService:
         self.columns = columns or TransactionColumns()
         self.unavailable = unavailable
         self.counts: dict[tuple[str, str], int] = {}
+        self._checked: ServedModel | None = None  # the last model whose recipe matched
 
     def score(self, body: bytes, model: ServedModel) -> bytes:
         """Answer a ``POST /transactions`` body (JSON bytes).
@@ -108,7 +109,7 @@ class OnlineService:
     def _state_for(self, model: ServedModel | None) -> OnlineState:
         if self.state is None:
             raise NotServableError(self.unavailable)
-        if model is not None:
+        if model is not None and model is not self._checked:
             # The alias may have moved to a model of other windows or delay than the state's.
             recipe = OnlineRecipe.of_model(model.config, model.version)
             if recipe != self.state.recipe:
@@ -116,6 +117,7 @@ class OnlineService:
                     f"model version {model.version} needs {recipe.describe()}, the online state "
                     f"holds {self.state.recipe.describe()}; restart the service to rebuild it"
                 )
+            self._checked = model
         return self.state
 
     def _features(self, observation: Observation, state: OnlineState) -> Features:
