@@ -25,7 +25,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from fraud_detection.errors import PipelineError
@@ -250,16 +250,16 @@ class RedisState(OnlineState):
     def is_empty(self) -> bool:
         return not self._redis.hexists(self.prefix + "meta", "recorded")
 
-    def warm_start_once(self, rows: Iterable[HistoryRow]) -> int | None:
-        """Load ``rows`` if the state is empty, one worker or replica doing it while the others
-        wait; the number loaded, or None when the state was already there."""
+    def warm_start_once(self, rows: Callable[[], Iterable[HistoryRow]]) -> int | None:
+        """Load ``rows()`` if the state is empty, one worker or replica doing it while the others
+        wait; the number loaded, or None when the state was already there (not read then)."""
         lock = self.prefix + "loading"
         token = uuid.uuid4().hex
         deadline = time.monotonic() + _LOADING_LOCK_SECONDS
         while self.is_empty():
             if self._redis.set(lock, token, nx=True, ex=_LOADING_LOCK_SECONDS):
                 try:
-                    return self.load(rows) if self.is_empty() else None
+                    return self.load(rows()) if self.is_empty() else None
                 finally:
                     if self._redis.get(lock) == token:
                         self._redis.delete(lock)

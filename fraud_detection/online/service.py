@@ -23,7 +23,12 @@ from fraud_detection.data.reading import read_table
 from fraud_detection.data.validation import prepare_transactions
 from fraud_detection.errors import DataError, PipelineError
 from fraud_detection.modelling.pyfunc import PROBABILITY_COLUMN
-from fraud_detection.online.errors import InvalidRequestError, NotServableError, OnlineError
+from fraud_detection.online.errors import (
+    InvalidRequestError,
+    NotServableError,
+    OnlineError,
+    OrderConflictError,
+)
 from fraud_detection.online.features import OnlineRecipe, feature_vector, transaction_features
 from fraud_detection.online.requests import (
     RawTransaction,
@@ -132,7 +137,10 @@ class OnlineService:
             time.sleep(0.005)  # another worker recorded it and is computing its features
             features = state.recorded_features(observation.transaction.key)
         if features is None:
-            raise OnlineError("a transaction of this request is still being scored; retry")
+            # Recorded by a worker that has not stored its features (or died before it could).
+            raise OrderConflictError(
+                "a transaction of this request is still being scored by another worker; retry"
+            )
         return features
 
     def _count(self, route: str, outcome: str) -> None:
@@ -230,7 +238,8 @@ def open_online_service(config: ApiConfig, model: ServedModel) -> OnlineService:
 
     state = RedisState(config.state_url, recipe)
     if config.history:
-        loaded = state.warm_start_once(history_rows(config.history, TransactionColumns(), recipe))
+        history = config.history
+        loaded = state.warm_start_once(lambda: history_rows(history, TransactionColumns(), recipe))
         logger.info(
             "Online state at %s: %s",
             config.state_url,

@@ -11,10 +11,8 @@ from fraud_detection.data.features import feature_columns
 from fraud_detection.online.features import OnlineRecipe
 from fraud_detection.online.state import MemoryState, OnlineState
 from fraud_detection.serving.follower import ModelFollower
-from tests.support.online import served_version
+from tests.support.online import DAY, served_version
 from tests.support.pipeline import TwoVersionStore
-
-DAY = 86_400
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from fraud_detection.online.errors import OrderConflictError, UnknownTransaction
 from fraud_detection.online.features import transaction_features
 from fraud_detection.online.requests import Label, RawTransaction
 from fraud_detection.online.state import HistoryRow, OnlineState
-from tests.online.conftest import DAY
+from tests.support.online import DAY
 
 
 def tx(id_: int | str, seconds: int, card: int = 1, terminal: int = 1, amount: float = 10.0):

@@ -30,6 +30,7 @@ from fraud_detection.serving.follower import ModelFollower
 from tests.support.pipeline import MODEL_NAME, TwoVersionStore
 
 COLUMNS = TransactionColumns()
+DAY = 86_400  # seconds
 REQUEST_ROWS = 40  # transactions per request (a new request also starts at each label)
 
 
