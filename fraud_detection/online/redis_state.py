@@ -175,6 +175,8 @@ class RedisState(OnlineState):
         PipelineError: Redis cannot be reached, or holds the state of another recipe.
     """
 
+    remote = True
+
     def __init__(self, url: str, recipe: OnlineRecipe, prefix: str = DEFAULT_PREFIX) -> None:
         import redis
 

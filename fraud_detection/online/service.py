@@ -8,11 +8,12 @@ the model version the request started with, and counts what it did for ``/metric
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,8 @@ from fraud_detection.serving.follower import ServedModel
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # A retry that reaches another worker while the first is still scoring waits this long (Redis).
 _PENDING_WAIT_SECONDS = 2.0
 
@@ -72,7 +75,7 @@ class OnlineService:
         self.counts: dict[tuple[str, str], int] = {}
         self._checked: ServedModel | None = None  # the last model whose recipe matched
 
-    def score(self, body: bytes, model: ServedModel) -> bytes:
+    async def score(self, body: bytes, model: ServedModel) -> bytes:
         """Answer a ``POST /transactions`` body (JSON bytes).
 
         Raises:
@@ -81,29 +84,30 @@ class OnlineService:
         state = self._state_for(model)
         try:
             request = parse_transactions(body, self.columns)
-            observations = state.record(request.transactions)
+            observations = await self._io(state.record, request.transactions)
         except OnlineError:
             self._count("transactions", "refused")
             raise
-        vectors = [self._features(observation, state) for observation in observations]
-        state.remember(
+        vectors = [await self._features(observation, state) for observation in observations]
+        await self._io(
+            state.remember,
             {
                 o.transaction.key: v
                 for o, v in zip(observations, vectors, strict=True)
                 if not o.duplicate
-            }
+            },
         )
         for observation in observations:
             self._count("transactions", "duplicate" if observation.duplicate else "scored")
         predictions = score_rows(model, np.array(vectors, dtype=np.float64), request.reasons)
         return _answer(request, observations, vectors, predictions, model, state.recipe)
 
-    def feedback(self, body: bytes) -> bytes:
+    async def feedback(self, body: bytes) -> bytes:
         """Answer a ``POST /feedback`` body: labels of transactions already scored."""
         state = self._state_for(None)
         try:
             labels = parse_feedback(body, self.columns)
-            state.feedback(labels)
+            await self._io(state.feedback, labels)
         except OnlineError:
             self._count("feedback", "refused")
             raise
@@ -125,7 +129,15 @@ class OnlineService:
             self._checked = model
         return self.state
 
-    def _features(self, observation: Observation, state: OnlineState) -> Features:
+    async def _io(self, call: Callable[..., T], *args: Any) -> T:
+        """Call the state: in memory at once; over the network in a thread, so that the event
+        loop answers other requests while this one waits for Redis (one worker measured 310
+        requests/s at concurrency 8 with the waits on the loop, bench/serving.py)."""
+        if self.state is None or not self.state.remote:
+            return call(*args)
+        return await asyncio.to_thread(call, *args)
+
+    async def _features(self, observation: Observation, state: OnlineState) -> Features:
         if not observation.duplicate:
             features = transaction_features(
                 observation.transaction, observation.card, observation.terminal, state.recipe
@@ -134,8 +146,8 @@ class OnlineService:
         features = observation.features
         deadline = time.monotonic() + _PENDING_WAIT_SECONDS
         while features is None and time.monotonic() < deadline:
-            time.sleep(0.005)  # another worker recorded it and is computing its features
-            features = state.recorded_features(observation.transaction.key)
+            await asyncio.sleep(0.005)  # another worker recorded it, and computes its features
+            features = await self._io(state.recorded_features, observation.transaction.key)
         if features is None:
             # Recorded by a worker that has not stored its features (or died before it could).
             raise OrderConflictError(

@@ -56,6 +56,8 @@ class HistoryRow:
 class OnlineState(ABC):
     """Where the entries live. ``record`` and ``feedback`` are all or nothing."""
 
+    remote = False  # True: calls wait on the network (the service runs them off the event loop)
+
     def __init__(self, recipe: OnlineRecipe) -> None:
         self.recipe = recipe
 

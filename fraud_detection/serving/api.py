@@ -257,7 +257,7 @@ class ScoringService:
         """Run an online route; its refusals are 4xx with a one-line message."""
         try:
             body = await _read_body(request, self.max_body_bytes)
-            return Response(handle(body), media_type=JSON)
+            return Response(await handle(body), media_type=JSON)
         except RequestError as error:
             return Response(error.body(), status_code=error.status, media_type=JSON)
         except OnlineError as error:
