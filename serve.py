@@ -6,6 +6,8 @@
 
 `api` speaks MLflow's scoring protocol (POST /invocations, as `mlflow models serve` does) and
 follows the alias: when @champion moves, the new version is served within --poll-seconds.
+It also scores raw transactions with online features (POST /transactions, POST /feedback;
+warm start with --history, state shared by workers with --state-url: docs/serving.md).
 """
 
 import sys
