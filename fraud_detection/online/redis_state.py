@@ -238,13 +238,32 @@ class RedisState(OnlineState):
             raise unknown(int(answer[1]))
 
     def load(self, rows: Iterable[HistoryRow]) -> int:
-        count = 0
+        # One RPUSH per card and terminal (a command per row cost seconds in redis-py).
+        cards: dict[str, list[str]] = {}
+        terminals: dict[str, list[str]] = {}
+        labels: dict[str, dict[str, str]] = {}
         pipeline = self._redis.pipeline(transaction=False)
+        count = 0
         for row in rows:
-            _queue_history_row(pipeline, self.prefix, row)
+            transaction, key = row.transaction, row.transaction.key
+            seconds, amount = str(transaction.seconds), repr(transaction.amount)
+            cards.setdefault(transaction.card, []).append(f"{seconds}|{key}|{amount}")
+            terminals.setdefault(transaction.terminal, []).append(f"{seconds}|{key}")
+            if row.label is not None:
+                labels.setdefault(transaction.terminal, {})[key] = str(row.label)
+            record = {"s": seconds, "c": transaction.card, "t": transaction.terminal, "a": amount}
+            pipeline.hset(
+                f"{self.prefix}tx:{key}", mapping=record | {"f": json.dumps(row.features)}
+            )
             count += 1
             if count % _LOAD_BATCH == 0:
                 pipeline.execute()
+        for card, entries in cards.items():
+            pipeline.rpush(f"{self.prefix}card:{card}", *entries)
+        for terminal, entries in terminals.items():
+            pipeline.rpush(f"{self.prefix}terminal:{terminal}", *entries)
+        for terminal, known in labels.items():
+            pipeline.hset(f"{self.prefix}labels:{terminal}", mapping=known)
         pipeline.hset(self.prefix + "meta", "recorded", "1")
         pipeline.execute()
         return count
@@ -292,23 +311,3 @@ def _observation(transaction: RawTransaction, answer: Sequence[Any]) -> Observat
         seconds, _, key = entry.partition("|")
         terminal.append((int(seconds), int(labels.get(key, "0"))))
     return Observation(transaction, duplicate=False, card=card, terminal=terminal)
-
-
-def _queue_history_row(pipeline: Any, prefix: str, row: HistoryRow) -> None:
-    transaction = row.transaction
-    key, seconds = transaction.key, str(transaction.seconds)
-    amount = repr(transaction.amount)
-    pipeline.rpush(f"{prefix}card:{transaction.card}", f"{seconds}|{key}|{amount}")
-    pipeline.rpush(f"{prefix}terminal:{transaction.terminal}", f"{seconds}|{key}")
-    if row.label is not None:
-        pipeline.hset(f"{prefix}labels:{transaction.terminal}", key, str(row.label))
-    pipeline.hset(
-        f"{prefix}tx:{key}",
-        mapping={
-            "s": seconds,
-            "c": transaction.card,
-            "t": transaction.terminal,
-            "a": amount,
-            "f": json.dumps(row.features),
-        },
-    )

@@ -63,33 +63,37 @@ def test_two_workers_on_one_redis_match_one_worker(follower, replay, redis_url, 
 
 
 def test_after_a_restart_the_state_comes_back_from_redis_or_the_history(
-    follower, replay, redis_url, tmp_path
+    follower, replay, redis_service, redis_url, tmp_path
 ):
-    middle = replay.cutoff + pd.Timedelta(hours=12)
-    first_half = Replay(replay.table, replay.cutoff, middle, replay.recipe)
-    history = replay.write_history(tmp_path / "history.parquet")
+    whole = Replay(
+        replay.table, replay.cutoff, replay.cutoff + pd.Timedelta(hours=12), replay.recipe
+    )
+    middle = whole.cutoff + pd.Timedelta(hours=6)
+    first_half = Replay(whole.table, whole.cutoff, middle, whole.recipe)
+    history = whole.write_history(tmp_path / "history.parquet")
     apps = [app_for(follower, history, redis_url) for _ in range(2)]
     answers = replay_through(
         first_half.requests(), lambda i, r: call(apps[i % 2][0], "POST", r.path, r.body), "a"
     )
     for _, online in apps:
         online.close()
-    # Restarted on the same Redis: the state is there (the history file is not read again).
+    # Restarted on the same Redis: the state is there; the history file is not read (it is gone).
+    history.unlink()
     restarted = [app_for(follower, history, redis_url) for _ in range(2)]
     answers |= replay_through(
-        replay.requests(middle),
+        whole.requests(middle),
         lambda i, r: call(restarted[i % 2][0], "POST", r.path, r.body),
         "b",
     )
-    assert_matches_batch(answers, replay, follower.current.predict)
+    assert_matches_batch(answers, whole, follower.current.predict)
 
     # Redis emptied: rebuilt from a history file that reaches the restart.
-    restarted[0][1].state._redis.flushdb()
+    redis_service.client(1).flushdb()
     rebuilt, _ = app_for(
-        follower, replay.write_history(tmp_path / "to-middle.parquet", middle), redis_url
+        follower, whole.write_history(tmp_path / "to-middle.parquet", middle), redis_url
     )
     second_half = replay_through(
-        replay.requests(middle), lambda _, r: call(rebuilt, "POST", r.path, r.body), "c"
+        whole.requests(middle), lambda _, r: call(rebuilt, "POST", r.path, r.body), "c"
     )
     assert second_half and all(not a["duplicate"] for a in second_half.values())
-    assert_matches_batch(answers | second_half, replay, follower.current.predict)
+    assert_matches_batch(answers | second_half, whole, follower.current.predict)
