@@ -8,6 +8,8 @@
 `api` speaks MLflow's scoring protocol (POST /invocations, as `mlflow models serve` does) and
 follows the alias: when @champion moves, the new version is served within --poll-seconds, or
 at once when the registry's webhook (`webhook`, secret in FRAUD_DETECTION_WEBHOOK_SECRET) calls.
+It also scores raw transactions with online features (POST /transactions, POST /feedback;
+warm start with --history, state shared by workers with --state-url: docs/serving.md).
 """
 
 import sys

@@ -19,6 +19,10 @@ In one run, on this machine, with a bounded load sent over loopback only:
   `--poll-seconds`), the alias moved `--swap-rounds` times, at moves spread evenly over the poll
   interval: seconds from the move to the first answer from the new version (median),
   ``alias_swap_seconds_webhook`` and ``alias_swap_seconds_poll``.
+- raw transactions on `POST /transactions` (``raw_transactions``): `serve.py api` warm-started
+  from a history file, its online state in memory and then in a redis-server this script starts
+  on loopback; each request a new transaction of the replayed days, in time order; p99 at
+  concurrency 1 and requests/s at concurrency 8, over the feature-row figures of this run.
 
 Every figure and ratio is printed, and written flat to ``--out`` (seconds, rows or requests per
 second, ratios named ``*_ratio``). The model comes from the tracking store MLflow is pointed at
@@ -60,6 +64,10 @@ GOALS = {  # the targets of the serving issue: (ratio, comparison, bound)
     "rows_per_second_10k_vs_mlflow_ratio": (">=", 2.0),
     "batch_predict_vs_floor_ratio": (">=", 0.7),
     "reasons_p50_ratio": ("<=", 2.0),
+    "raw_transaction_p99_ratio": ("<=", 2.0),
+    "raw_transaction_rps_ratio": (">=", 0.5),
+    "raw_transaction_redis_p99_ratio": ("<=", 2.0),
+    "raw_transaction_redis_rps_ratio": (">=", 0.5),
 }
 
 
@@ -455,6 +463,159 @@ def _answer_version(port: int, body: bytes) -> str | None:
         connection.close()
 
 
+# --- raw transactions -----------------------------------------------------------------------------
+
+
+async def _raw_client(
+    port: int, bodies: Iterator[bytes], budget: list[int], deadline: float, outcome: dict
+) -> None:
+    """One keep-alive connection sending the next transaction of ``bodies`` until done."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while budget[0] > 0 and time.perf_counter() < deadline:
+            body = next(bodies, None)
+            if body is None:
+                return
+            budget[0] -= 1
+            started = time.perf_counter()
+            writer.write(_http_request("/transactions", body, port))
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+            outcome["latencies"].append(time.perf_counter() - started)
+            status = int(head.split(b" ", 2)[1])
+            # 409: two clients sent one card's transactions out of order (a real answer).
+            if status not in (200, 409):
+                raise RuntimeError(f"HTTP {status} from port {port}")
+            outcome["conflicts"] += status == 409
+    finally:
+        writer.close()
+
+
+def load_raw(
+    port: int, bodies: Iterator[bytes], concurrency: int, max_requests: int, max_seconds: float
+) -> tuple[np.ndarray, float, int]:
+    """Like ``load``, each request the next transaction; (latencies, wall seconds, 409s)."""
+    outcome: dict = {"latencies": [], "conflicts": 0}
+
+    async def run() -> float:
+        started = time.perf_counter()
+        budget = [max_requests]
+        deadline = started + max_seconds
+        await asyncio.gather(
+            *(_raw_client(port, bodies, budget, deadline, outcome) for _ in range(concurrency))
+        )
+        return time.perf_counter() - started
+
+    wall = asyncio.run(run())
+    return np.array(outcome["latencies"]), wall, outcome["conflicts"]
+
+
+def raw_transaction_bodies(scratch: Path) -> tuple[Path, list[bytes]]:
+    """A history file (the first 45 of 60 simulated days) and the later days, one transaction
+    per request body, in time order."""
+    from fraud_detection.config import SimulatorConfig, TransactionColumns
+    from fraud_detection.data.simulator import simulate_transactions
+
+    columns = TransactionColumns()
+    table = simulate_transactions(SimulatorConfig(n_customers=500, n_terminals=1_000, n_days=60))
+    table = table.sort_values([columns.timestamp_column, columns.id_column])
+    cutoff = table[columns.timestamp_column].min().normalize() + pd.Timedelta(days=45)
+    history = scratch / "history.parquet"
+    table[table[columns.timestamp_column] < cutoff].to_parquet(history, index=False)
+    later = table[table[columns.timestamp_column] >= cutoff]
+    bodies = [
+        json.dumps(
+            {
+                "transactions": [
+                    {
+                        columns.id_column: int(row[0]),
+                        columns.timestamp_column: str(row[1]),
+                        columns.customer_column: int(row[2]),
+                        columns.terminal_column: int(row[3]),
+                        columns.amount_column: float(row[4]),
+                    }
+                ]
+            }
+        ).encode()
+        for row in later[
+            [
+                columns.id_column,
+                columns.timestamp_column,
+                columns.customer_column,
+                columns.terminal_column,
+                columns.amount_column,
+            ]
+        ].itertuples(index=False, name=None)
+    ]
+    return history, bodies
+
+
+def measure_raw(name: str, port: int, bodies: list[bytes], args: argparse.Namespace) -> dict:
+    stream = iter(bodies)
+    load_raw(port, stream, 1, 50, 30)  # warm-up
+    latencies, _, conflicts = load_raw(port, stream, 1, args.requests, args.seconds)
+    figures = {
+        f"{name}_single_p50_seconds": float(np.percentile(latencies, 50)),
+        f"{name}_single_p99_seconds": float(np.percentile(latencies, 99)),
+        f"{name}_single_requests": float(latencies.size),
+    }
+    latencies, wall, c8_conflicts = load_raw(port, stream, 8, 2 * args.requests, args.seconds)
+    figures[f"{name}_c8_requests_per_second"] = latencies.size / wall
+    figures[f"{name}_conflicts"] = float(conflicts + c8_conflicts)
+    for key, value in figures.items():
+        logger.info("%s = %.6g", key, value)
+    return figures
+
+
+@contextmanager
+def redis_server(port: int) -> Iterator[str]:
+    """A throwaway redis-server on 127.0.0.1 (no persistence); its URL."""
+    import shutil
+
+    executable = shutil.which("redis-server")
+    if executable is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    command = [executable, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    process = subprocess.Popen(
+        [*command, "--appendonly", "no"], stdout=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("redis-server did not start")
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def raw_transactions(model_uri: str, args: argparse.Namespace) -> dict[str, float]:
+    """Raw transactions on `serve.py api`, its state in memory, then in Redis."""
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        history, bodies = raw_transaction_bodies(Path(scratch))
+        command = [sys.executable, str(PROJECT_DIR / "serve.py"), "api", "--model-uri"]
+        command += [model_uri, "--history", str(history), "--poll-seconds", "0"]
+        port = _free_port()
+        with server([*command, "--port", str(port)], port):
+            figures |= measure_raw("raw_memory", port, bodies, args)
+        with redis_server(_free_port()) as url:
+            port = _free_port()
+            with server([*command, "--state-url", url, "--port", str(port)], port):
+                figures |= measure_raw("raw_redis", port, bodies, args)
+    return figures
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 
@@ -495,6 +656,15 @@ def ratios(figures: dict[str, float]) -> dict[str, float]:
         "rows_per_second_10k_vs_floor_ratio": figures["api_10k_rows_per_second"]
         / figures["floor_predict_10k_rows_per_second"],
     }
+    if "raw_memory_single_p99_seconds" in figures:
+        for backend, infix in (("memory", ""), ("redis", "redis_")):
+            result[f"raw_transaction_{infix}p99_ratio"] = (
+                figures[f"raw_{backend}_single_p99_seconds"] / figures["api_single_row_p99_seconds"]
+            )
+            result[f"raw_transaction_{infix}rps_ratio"] = (
+                figures[f"raw_{backend}_c8_requests_per_second"]
+                / figures["api_c8_requests_per_second"]
+            )
     if "batch_predict_rows_per_second" in figures:
         result["batch_predict_vs_floor_ratio"] = (
             figures["batch_predict_rows_per_second"] / figures["floor_predict_10k_rows_per_second"]
@@ -547,6 +717,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-rows", type=int, default=250_000)
     parser.add_argument("--swap-rounds", type=int, default=5, help="alias moves; 0: skip")
     parser.add_argument("--poll-seconds", type=float, default=10.0, help="of the polling service")
+    parser.add_argument(
+        "--skip-raw", action="store_true", help="skip raw transactions (they need redis-server)"
+    )
     parser.add_argument("--empty-endpoint", type=int, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
     if args.empty_endpoint:
@@ -584,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
             figures |= measure_server("api", port, one_row, ten_k, args)
             figures |= measure_reasons(port, rows, args)
             ours_answer = _answer(port, one_row)
+        if not args.skip_raw:
+            figures |= raw_transactions(args.model_uri, args)
         port = _free_port()
         reference = [sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model_uri]
         reference += ["--env-manager", "local", "-w", "1", "-h", "127.0.0.1", "-p", str(port)]

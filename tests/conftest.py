@@ -32,6 +32,7 @@ from tests.support.pipeline import (
     private_store,
     train_small,
 )
+from tests.support.redis_server import RedisServer, redis_server
 from tests.support.spark import local_session, require_spark
 from tests.support.spark_cluster import SparkCluster, standalone_cluster
 
@@ -148,3 +149,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     files in collection order (``--no-loadscope-reorder``), and a file of several minutes that
     started last would keep one worker busy while the others sat idle."""
     items.sort(key=lambda item: item.get_closest_marker("minutes") is None)
+
+
+@pytest.fixture(scope="session")
+def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server on 127.0.0.1 for the run; each test takes a database of its own
+    (``redis_url``). Skipped, or failed in CI, without redis-server or the redis client."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_service: RedisServer) -> Iterator[str]:
+    """An empty Redis database for this test (flushed before and after)."""
+    client = redis_service.client(1)
+    client.flushdb()
+    yield redis_service.url(1)
+    client.flushdb()
+    client.close()

@@ -43,6 +43,8 @@ DEFAULT_FEATURE_WINDOWS = "1d,7d,30d"
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.zip", ".csv.bz2")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 EXTRA_COLUMN_POLICIES = ("warn", "reject")
+# Where serve.py api keeps the online state when several workers share it.
+STATE_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 # Where train, evaluate and serve.py batch compute: in-process pandas, or Spark (docs/spark.md).
 ENGINES = ("pandas", "spark")
 
@@ -627,6 +629,22 @@ class ApiConfig:
             "X-Ignored-Columns header, the log and /metrics) or reject (400)."
         ),
     )
+    history: str = field(
+        default="",
+        metadata=_help(
+            "Transaction table with labels (CSV or Parquet, path or URI) that warm-starts the "
+            "online state of POST /transactions: its last longest window plus the label delay. "
+            "With --state-url, loaded only when the state there is empty."
+        ),
+    )
+    state_url: str = field(
+        default="",
+        metadata=_help(
+            "Where the online state lives: empty keeps it in memory (one worker); "
+            "redis://host:port/db shares it between workers and replicas and keeps it across "
+            "restarts (pip install -e '.[online]')."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _require(bool(self.model_uri.strip()), "--model-uri must not be empty")
@@ -641,6 +659,16 @@ class ApiConfig:
             self.extra_columns in EXTRA_COLUMN_POLICIES,
             f"--extra-columns must be one of {', '.join(EXTRA_COLUMN_POLICIES)}, "
             f"got {self.extra_columns!r}",
+        )
+        _require(
+            not self.state_url or self.state_url.startswith(STATE_URL_SCHEMES),
+            f"--state-url must start with {' or '.join(STATE_URL_SCHEMES)} (or be empty: in "
+            "memory)",
+        )
+        _require(
+            bool(self.state_url) or self.workers == 1 or not self.history,
+            "--history with --workers above 1 needs --state-url: each worker would keep a state "
+            "of its own",
         )
 
 

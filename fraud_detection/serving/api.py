@@ -8,9 +8,12 @@ Routes:
     GET  /version       the registered model name, the version being served, its run id and
                         decision threshold (JSON).
     GET  /metrics       Prometheus text format: requests by status, latency histogram, errors,
-                        rows scored, the version served, alias swaps.
+                        rows scored, the version served, alias swaps, raw transactions and
+                        feedback by outcome.
     POST /webhooks/registry  MLflow's registry webhooks: a signed alias event for the model
                         followed makes it check the alias at once (``webhooks.py``).
+    POST /transactions  raw transactions (id, time, card, terminal, amount) scored with online
+                        features (``fraud_detection/online``); POST /feedback: their labels.
 
 Why it is faster than ``mlflow models serve`` on the same model: the request is parsed straight
 into a float matrix and checked against the signature here (no DataFrame, no pyfunc schema
@@ -42,6 +45,8 @@ from starlette.routing import Route
 
 from fraud_detection.config import ApiConfig
 from fraud_detection.errors import PipelineError
+from fraud_detection.online.errors import OnlineError
+from fraud_detection.online.service import OnlineService, open_online_service
 from fraud_detection.serving.follower import ModelFollower, ServedModel, requested_reasons
 from fraud_detection.serving.protocol import (
     JSON,
@@ -163,6 +168,7 @@ def create_app(
     follower: ModelFollower,
     max_body_bytes: int,
     extra_columns: str = "warn",
+    online: OnlineService | None = None,
     webhook_secret: str | None = None,
     wake_workers: Callable[[], None] | None = None,
 ) -> Starlette:
@@ -171,11 +177,12 @@ def create_app(
     ``extra_columns`` is what a request with columns the model does not take gets: ``warn``
     (scored; the columns named in a response header, logged once per distinct set, counted) or
     ``reject`` (400). MLflow's scoring server drops them silently, which hides upstream bugs
-    such as a renamed feature arriving beside the old name. ``webhook_secret`` turns registry
+    such as a renamed feature arriving beside the old name. ``online`` serves ``/transactions``
+    and ``/feedback`` (default: a state in memory, cold). ``webhook_secret`` turns registry
     webhooks on (``webhooks.py``; None: the route answers 404); ``wake_workers`` tells the other
     workers of the service.
     """
-    service = ScoringService(follower, max_body_bytes, extra_columns)
+    service = ScoringService(follower, max_body_bytes, extra_columns, online)
     webhooks = RegistryWebhooks(follower, webhook_secret, wake_workers)
     return Starlette(
         routes=[
@@ -184,6 +191,8 @@ def create_app(
             Route("/health", service.ping, methods=["GET"]),
             Route("/version", service.version, methods=["GET"]),
             Route("/metrics", service.prometheus, methods=["GET"]),
+            Route("/transactions", service.transactions, methods=["POST"]),
+            Route("/feedback", service.feedback, methods=["POST"]),
             Route(WEBHOOK_PATH, webhooks.receive, methods=["POST"]),
         ],
         lifespan=service.lifespan,
@@ -193,8 +202,15 @@ def create_app(
 class ScoringService:
     """The routes of one worker: the model it follows, its limits and its counters."""
 
-    def __init__(self, follower: ModelFollower, max_body_bytes: int, extra_columns: str) -> None:
+    def __init__(
+        self,
+        follower: ModelFollower,
+        max_body_bytes: int,
+        extra_columns: str,
+        online: OnlineService | None = None,
+    ) -> None:
         self.follower = follower
+        self.online = online if online is not None else _cold_online(follower)
         self.max_body_bytes = max_body_bytes
         self.extra_columns = extra_columns
         self.metrics = ServiceMetrics()
@@ -242,6 +258,31 @@ class ScoringService:
             logger.warning("Requests send columns the model ignores: %s", names)
         return {IGNORED_COLUMNS_HEADER: names}
 
+    async def transactions(self, request: Request) -> Response:
+        return await self._online_route(
+            request, lambda body: self.online.score(body, self.follower.current)
+        )
+
+    async def feedback(self, request: Request) -> Response:
+        return await self._online_route(request, self.online.feedback)
+
+    async def _online_route(self, request: Request, handle: Any) -> Response:
+        """Run an online route; its refusals are 4xx with a one-line message."""
+        try:
+            body = await _read_body(request, self.max_body_bytes)
+            return Response(await handle(body), media_type=JSON)
+        except RequestError as error:
+            return Response(error.body(), status_code=error.status, media_type=JSON)
+        except OnlineError as error:
+            status, code = error.status, error.code
+            return Response(RequestError(status, code, str(error)).body(), status, media_type=JSON)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except Exception:
+            logger.exception("Online scoring failed")
+            body = {"error_code": "INTERNAL_ERROR", "message": "scoring failed; see the server log"}
+            return Response(json.dumps(body).encode(), status_code=500, media_type=JSON)
+
     async def ping(self, request: Request) -> Response:
         # The app exists only once a model is loaded, so answering at all means healthy.
         return Response("\n", media_type=JSON)
@@ -255,7 +296,7 @@ class ScoringService:
 
     async def prometheus(self, request: Request) -> Response:
         return Response(
-            self.metrics.render(self.follower),
+            self.metrics.render(self.follower) + self.online.render_metrics(),
             media_type="text/plain; version=0.0.4; charset=utf-8",
         )
 
@@ -283,6 +324,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise too_large
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _cold_online(follower: ModelFollower) -> OnlineService:
+    """A cold in-memory state for the model ``follower`` serves (no history, one worker)."""
+    return open_online_service(ApiConfig(), follower.current)
 
 
 def _describe_columns(names: tuple[str, ...]) -> str:
@@ -377,19 +423,24 @@ def _serve_worker(
         follower.load()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    settle_memory()
     relay_stop = threading.Event()
-    if wake_ups is not None:
-        wake_ups.relay(follower, relay_stop)
     try:
-        app = create_app(
-            follower,
-            config.max_body_bytes,
-            config.extra_columns,
-            webhook_secret=webhook_secret,
-            wake_workers=wake_ups.announce if wake_ups is not None else None,
-        )
-        run_uvicorn(app, sock)
+        online = open_online_service(config, follower.current)
+        settle_memory()
+        if wake_ups is not None:
+            wake_ups.relay(follower, relay_stop)
+        try:
+            app = create_app(
+                follower,
+                config.max_body_bytes,
+                config.extra_columns,
+                online,
+                webhook_secret=webhook_secret,
+                wake_workers=wake_ups.announce if wake_ups is not None else None,
+            )
+            run_uvicorn(app, sock)
+        finally:
+            online.close()
     finally:
         relay_stop.set()
         follower.close()
