@@ -84,9 +84,9 @@ WEEK = pd.Timedelta(days=7)
 class Drill:
     """The simulation and the calendar of the drill."""
 
-    # A fifth of the book's population: the drill's 16 weeks and retrainings in minutes.
-    n_customers: int = 1_000
-    n_terminals: int = 2_000
+    # Two fifths of the book's population: 16 weeks and their retrainings in minutes.
+    n_customers: int = 2_000
+    n_terminals: int = 4_000
     seed: int = 42
     start_date: str = "2018-04-01"
     champion_days: int = (
@@ -124,9 +124,11 @@ class Drill:
         )
 
 
-def write_until(table: pd.DataFrame, end: pd.Timestamp, path: Path) -> Path:
-    """The transactions before ``end``, as a Parquet file (what a job has at that time)."""
-    table[table[TIME] < end].to_parquet(path, index=False)
+def write_recent(table: pd.DataFrame, end: pd.Timestamp, days: int, path: Path) -> Path:
+    """The transactions of the ``days`` days before ``end``, as a Parquet file: the recent
+    extract a retraining job reads at that time."""
+    rows = (table[TIME] >= end - pd.Timedelta(days=days)) & (table[TIME] < end)
+    table[rows].to_parquet(path, index=False)
     return path
 
 
@@ -185,7 +187,8 @@ def train_first_champion(
 ) -> int:
     """Train, evaluate and register on the days before the first watched week; return the
     version that became @champion."""
-    data = write_until(table, drill.week_starts[0], workdir / "champion-data.parquet")
+    start = drill.week_starts[0]
+    data = write_recent(table, start, drill.champion_days, workdir / "champion-data.parquet")
     pipeline = PipelineConfig(
         tracking=TrackingConfig(experiment_name=EXPERIMENT),
         data=DataConfig(data=str(data)),
@@ -280,7 +283,10 @@ def run_drill(drill: Drill, workdir: Path, model: ModelConfig, gate: GateConfig)
         current = takes_over.get(index, current)
         no_retrain.scored(first, week.average_precision(first))
         retrain.scored(current, week.average_precision(current))
-        until = write_until(table, start + WEEK, workdir / f"until-week-{index:02d}.parquet")
+        # Every champion learns from as many days: the latest ones when its monitor alarmed.
+        until = write_recent(
+            table, start + WEEK, drill.champion_days, workdir / f"recent-{index:02d}.parquet"
+        )
         before = champion_version()
         seen = watch(week.scored_by(current), current, start, until)
         retrain.watched(seen)
@@ -290,7 +296,9 @@ def run_drill(drill: Drill, workdir: Path, model: ModelConfig, gate: GateConfig)
         if seen.alarm:
             after = champion_version()
             promoted = after != before
-            retrains.append({"week": index, "champion_after": after, "promoted": promoted})
+            retrains.append(
+                {"week": f"{start:%Y-%m-%d}", "champion_after": after, "promoted": promoted}
+            )
             if promoted:
                 takes_over[index + 2] = after
         logger.info("week %d (%s): %s", index, f"{start:%Y-%m-%d}", _week_line(no_retrain, retrain))

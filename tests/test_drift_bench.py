@@ -51,9 +51,12 @@ def test_a_week_file_holds_the_week_and_the_history_its_features_need(tmp_path):
     assert rows["TX_DATETIME"].max() < start + pd.Timedelta(days=7)
     expected = table[(table["TX_DATETIME"] >= start - history)]
     assert len(rows) == (expected["TX_DATETIME"] < start + pd.Timedelta(days=7)).sum()
-    until = pd.read_parquet(drift_bench.write_until(table, start, tmp_path / "until.parquet"))
-    assert until["TX_DATETIME"].max() < start
-    assert len(until) == (table["TX_DATETIME"] < start).sum()
+    path = drift_bench.write_recent(table, start, 20, tmp_path / "recent.parquet")
+    recent = pd.read_parquet(path)
+    assert recent["TX_DATETIME"].max() < start
+    assert recent["TX_DATETIME"].min().floor("D") == start - pd.Timedelta(days=20)
+    after = table["TX_DATETIME"] >= start - pd.Timedelta(days=20)
+    assert len(recent) == (after & (table["TX_DATETIME"] < start)).sum()
 
 
 def test_the_curve_without_retraining_drops_after_the_drift(tmp_path, caplog):
