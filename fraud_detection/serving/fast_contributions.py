@@ -283,9 +283,15 @@ def worst_difference(contributions: TreeContributions, booster: Any) -> float:
         return math.inf
     rows = probe_rows(walk, contributions.n_features)
     rows[::5, ::3] = np.nan  # missing values take the default branch
-    expected = xgboost_contributions(booster, rows)
-    ours = contributions.values(rows)
-    return max(float(np.max(np.abs(a - b))) for a, b in zip(ours, expected, strict=True))
+    expected = np.column_stack(xgboost_contributions(booster, rows))
+    # In chunks: a request's arrays are (rows, leaves, depth), too large for all probes at once.
+    ours = np.vstack(
+        [
+            np.column_stack(contributions.values(rows[start : start + 64]))
+            for start in range(0, len(rows), 64)
+        ]
+    )
+    return float(np.max(np.abs(ours - expected)))
 
 
 def xgboost_contributions(booster: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

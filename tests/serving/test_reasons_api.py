@@ -22,10 +22,12 @@ from fraud_detection.modelling.pyfunc import (
 )
 from fraud_detection.serving.api import create_app
 from fraud_detection.serving.batch import check_reasons
+from fraud_detection.serving.fast_path import SMALL_BATCH_ROWS
 from fraud_detection.serving.follower import ModelFollower, ServedModel, requested_reasons
 from fraud_detection.serving.protocol import InputColumn, InputSchema, RequestError
 from tests.serving.test_api import JSON_HEADERS, call
 from tests.support.pipeline import MODEL_NAME, TwoVersionStore, tiny_simulation
+from tests.support.reasons import assert_reasons_agree, contributions_tolerance
 
 FEATURES = len(FEATURE_COLUMNS)
 
@@ -69,7 +71,9 @@ def _invoke(follower: ModelFollower, body: bytes) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize("kind", ["xgboost", "logistic_regression"])
-@pytest.mark.parametrize("rows", [1, 40])  # one row: XGBoost's NumPy tree walk; 40: XGBoost
+# One row: XGBoost's NumPy tree walk and NumPy TreeSHAP (contributions within its tolerance);
+# 40 rows: XGBoost itself, the same numbers as the pyfunc.
+@pytest.mark.parametrize("rows", [1, 40])
 def test_the_service_answers_the_pyfuncs_reasons(kind, rows, followers, feature_rows):
     follower = followers[kind]
     sent = feature_rows.tail(rows)
@@ -80,6 +84,10 @@ def test_the_service_answers_the_pyfuncs_reasons(kind, rows, followers, feature_
     expected = model.predict(sent, params={"reasons": 3})
     assert list(served.columns) == [PROBABILITY_COLUMN, DECISION_COLUMN, *reason_column_names(3)]
     assert list(served.columns) == list(expected.columns)
+    if kind == "xgboost" and rows <= SMALL_BATCH_ROWS:
+        atol = contributions_tolerance(follower.current.directory)
+        assert_reasons_agree(served, expected, 3, atol)
+        return
     for name in served.columns:
         if served[name].dtype.kind in "fi":
             # BLAS may round a row-major matrix (parsed from JSON) in the last bits differently.
