@@ -22,9 +22,9 @@ gathers; deeper forests run the DP per request. The bias is the base margin plus
 cover-weighted mean leaf value. ``verified_contributions`` keeps the result only if it equals
 XGBoost's ``pred_contribs`` on probe rows (missing values included) within ``tolerance``.
 
-A fork may delete this module (``follower._fast_paths`` then asks XGBoost for the contributions
-of every request): a single-row request with reasons costs about 0.3 ms more
-(``docs/serving.md``, Reason codes).
+A fork may delete this module and the lines of ``follower._fast_paths`` that use it (XGBoost
+then gives the contributions of every request): a single-row request with reasons costs about
+0.3 ms more (``docs/serving.md``, Reason codes).
 """
 
 from __future__ import annotations
