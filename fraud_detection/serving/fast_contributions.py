@@ -215,15 +215,15 @@ def shapley_weights(paths: LeafPaths) -> np.ndarray:
 
 
 def tree_contributions(
-    booster: Any, n_features: int, table_entries: int = TABLE_ENTRIES
+    booster: Any, n_features: int, table_entries: int | None = None
 ) -> TreeContributions | None:
     """``TreeContributions`` of ``booster``; None for a booster ``leaf_paths`` does not take,
-    or whose table of answers would exceed ``table_entries``."""
+    or whose table of answers would exceed ``table_entries`` (default ``TABLE_ENTRIES``)."""
     paths = leaf_paths(booster, n_features)
     if paths is None:
         return None
     leaves, depth = paths.step_slot.shape
-    if leaves * 2**depth * depth > table_entries:
+    if leaves * 2**depth * depth > (TABLE_ENTRIES if table_entries is None else table_entries):
         logger.info("NumPy TreeSHAP: %d leaves of depth %d are too many: not used", leaves, depth)
         return None
     patterns = np.arange(2**depth)[:, None] >> np.arange(depth) & 1 == 1
