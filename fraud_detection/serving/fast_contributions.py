@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from fraud_detection.serving.fast_path import probe_rows, walk_from_booster
+from fraud_detection.serving.fast_path import SMALL_BATCH_ROWS, TreeWalk, probe_rows
 
 logger = logging.getLogger(__name__)
 
@@ -132,18 +132,15 @@ def slot_contributions(follows: np.ndarray, paths: LeafPaths, weights: np.ndarra
     return paths.value[:, None] * (one - zero) * share * valid
 
 
-def leaf_paths(booster: Any, n_features: int) -> LeafPaths | None:
-    """The leaves and paths of ``booster`` (an ``xgboost.Booster``); None unless it is a plain
-    binary:logistic forest of numerical splits with positive covers (what the tree walk takes)."""
-    walk = walk_from_booster(booster)
-    if walk is None:
-        return None
+def leaf_paths(booster: Any, walk: TreeWalk, n_features: int) -> LeafPaths | None:
+    """The leaves and paths of ``booster`` (an ``xgboost.Booster`` that ``walk`` flattens: a
+    plain binary:logistic forest of numerical splits); None if a node has no positive cover."""
     trees = json.loads(booster.save_raw("json"))["learner"]["gradient_booster"]["model"]["trees"]
     inner_offset, nodes, leaves = 0, [], []
     for tree_number, tree in enumerate(trees):
         left, right = tree["left_children"], tree["right_children"]
-        cover = np.asarray(tree["sum_hessian"], dtype=np.float64)
-        if np.any(cover <= 0):
+        cover = tree["sum_hessian"]
+        if min(cover) <= 0:
             return None
         inner = [node for node in range(len(left)) if left[node] != -1]
         number = {node: inner_offset + rank for rank, node in enumerate(inner)}
@@ -219,11 +216,12 @@ def shapley_weights(paths: LeafPaths) -> np.ndarray:
 
 
 def tree_contributions(
-    booster: Any, n_features: int, table_entries: int | None = None
+    booster: Any, walk: TreeWalk, n_features: int, table_entries: int | None = None
 ) -> TreeContributions | None:
-    """``TreeContributions`` of ``booster``; None for a booster ``leaf_paths`` does not take,
-    or whose table of answers would exceed ``table_entries`` (default ``TABLE_ENTRIES``)."""
-    paths = leaf_paths(booster, n_features)
+    """``TreeContributions`` of ``booster`` (``walk``: its ``fast_path.TreeWalk``); None for a
+    booster ``leaf_paths`` does not take, or whose table of answers would exceed
+    ``table_entries`` (default ``TABLE_ENTRIES``)."""
+    paths = leaf_paths(booster, walk, n_features)
     if paths is None:
         return None
     leaves, depth = paths.step_slot.shape
@@ -263,13 +261,17 @@ def tolerance(contributions: TreeContributions) -> float:
     return RELATIVE_TOLERANCE * max(1.0, scale)
 
 
-def verified_contributions(booster: Any, n_features: int) -> TreeContributions | None:
+def verified_contributions(
+    booster: Any, walk: TreeWalk, n_features: int
+) -> TreeContributions | None:
     """``tree_contributions`` of ``booster`` if they agree with XGBoost (``worst_difference``
-    within ``tolerance``); None otherwise, logged at info (the caller keeps XGBoost)."""
-    contributions = tree_contributions(booster, n_features)
+    within ``tolerance``); None otherwise, logged at info (the caller keeps XGBoost). ``walk``
+    is the booster's ``fast_path.TreeWalk``: only the forests it takes are taken here."""
+    contributions = tree_contributions(booster, walk, n_features)
     if contributions is None:
         return None
-    worst, allowed = worst_difference(contributions, booster), tolerance(contributions)
+    worst = worst_difference(contributions, booster, walk)
+    allowed = tolerance(contributions)
     if worst > allowed:
         logger.info(
             "NumPy TreeSHAP differs from XGBoost by %.3g (tolerance %.3g): not used", worst, allowed
@@ -278,22 +280,17 @@ def verified_contributions(booster: Any, n_features: int) -> TreeContributions |
     return contributions
 
 
-def worst_difference(contributions: TreeContributions, booster: Any) -> float:
+def worst_difference(contributions: TreeContributions, booster: Any, walk: TreeWalk) -> float:
     """The largest absolute difference between ``contributions`` and XGBoost's
     ``pred_contribs`` (every feature's and the bias) on probe rows: every split threshold,
     either side of it, values between, and missing values."""
-    walk = walk_from_booster(booster)
-    if walk is None:
-        return math.inf
     rows = probe_rows(walk, contributions.n_features)
     rows[::5, ::3] = np.nan  # missing values take the default branch
     expected = np.column_stack(xgboost_contributions(booster, rows))
-    # In chunks: a request's arrays are (rows, leaves, depth), too large for all probes at once.
+    # In the requests' sizes (also the fastest: a request's arrays are rows x leaves x depth).
+    chunks = range(0, len(rows), SMALL_BATCH_ROWS)
     ours = np.vstack(
-        [
-            np.column_stack(contributions.values(rows[start : start + 64]))
-            for start in range(0, len(rows), 64)
-        ]
+        [np.column_stack(contributions.values(rows[i : i + SMALL_BATCH_ROWS])) for i in chunks]
     )
     return float(np.max(np.abs(ours - expected)))
 

@@ -209,8 +209,9 @@ def _fast_paths(
     if walk is None:
         return predict_values, explain_values
     threshold = python_model.threshold
-    n_features = len(schema.names)
-    shap = None if explain_values is None else verified_contributions(scorer.estimator, n_features)
+    shap = None  # NumPy TreeSHAP, when it agrees with XGBoost's on this model
+    if explain_values is not None:
+        shap = verified_contributions(scorer.estimator, walk, len(schema.names))
 
     def predict(values: np.ndarray) -> Mapping[str, np.ndarray]:
         if len(values) <= SMALL_BATCH_ROWS:

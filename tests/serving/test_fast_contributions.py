@@ -10,7 +10,7 @@ import time
 import mlflow
 import numpy as np
 import pytest
-from xgboost import DMatrix, XGBClassifier, XGBRegressor
+from xgboost import DMatrix, XGBClassifier
 
 from fraud_detection.serving.fast_contributions import (
     tolerance,
@@ -41,7 +41,7 @@ def _rows(booster, X: np.ndarray) -> np.ndarray:
 def _assert_agree(booster, rows: np.ndarray) -> None:
     """Contributions and bias equal XGBoost's within ``tolerance``, in the request sizes the
     service sends; contributions plus bias equal XGBoost's margin within the same."""
-    contributions = verified_contributions(booster, rows.shape[1])
+    contributions = verified_contributions(booster, walk_from_booster(booster), rows.shape[1])
     assert contributions is not None
     allowed = tolerance(contributions)
     expected, expected_bias = xgboost_contributions(booster, rows)
@@ -68,7 +68,7 @@ def test_features_split_twice_on_a_path_are_merged_as_xgboost_merges_them(data):
     two = X[:, [0, 2]]
     model = XGBClassifier(n_estimators=20, max_depth=6, base_score=0.2, n_jobs=1).fit(two, y)
     booster = model.get_booster()
-    paths = tree_contributions(booster, 2).paths
+    paths = tree_contributions(booster, walk_from_booster(booster), 2).paths
     steps, slots = (paths.step_slot >= 0).sum(axis=1), paths.slot_valid.sum(axis=1)
     assert np.any(steps > slots)  # the case under test is there
     _assert_agree(booster, _rows(booster, two))
@@ -94,22 +94,23 @@ def test_the_default_model_of_the_tiny_store(two_version_store: TwoVersionStore)
 def test_a_wrong_answer_is_caught(data):
     X, y = data
     booster = XGBClassifier(n_estimators=10, max_depth=3, n_jobs=1).fit(X, y).get_booster()
-    contributions = tree_contributions(booster, FEATURES)
+    walk = walk_from_booster(booster)
+    contributions = tree_contributions(booster, walk, FEATURES)
     allowed = tolerance(contributions)
-    assert worst_difference(contributions, booster) <= allowed
+    assert worst_difference(contributions, booster, walk) <= allowed
     off = dataclasses.replace(contributions, bias=contributions.bias + 10 * allowed)
-    assert worst_difference(off, booster) > allowed
+    assert worst_difference(off, booster, walk) > allowed
 
 
-def test_other_boosters_and_oversized_forests_are_left_to_xgboost(data, caplog):
+def test_forests_whose_table_is_too_large_are_left_to_xgboost(data, caplog):
+    # Other objectives, dart and multi-class boosters have no TreeWalk (tests/serving/
+    # test_fast_path.py), so they never get here.
     X, y = data
-    regression = XGBRegressor(n_estimators=5, n_jobs=1).fit(np.nan_to_num(X), y).get_booster()
-    assert verified_contributions(regression, FEATURES) is None
-    dart = XGBClassifier(n_estimators=5, booster="dart", n_jobs=1).fit(X, y).get_booster()
-    assert verified_contributions(dart, FEATURES) is None
     booster = XGBClassifier(n_estimators=5, max_depth=3, n_jobs=1).fit(X, y).get_booster()
+    walk = walk_from_booster(booster)
+    assert tree_contributions(booster, walk, FEATURES, table_entries=5 * 8 * 8 * 3) is not None
     with caplog.at_level(logging.INFO):
-        assert tree_contributions(booster, FEATURES, table_entries=10) is None
+        assert tree_contributions(booster, walk, FEATURES, table_entries=10) is None
     assert "too many: not used" in caplog.text
 
 
@@ -119,7 +120,7 @@ def test_a_row_costs_well_under_xgboosts_call(data):
     X, y = data
     model = XGBClassifier(n_estimators=300, max_depth=3, n_jobs=1).fit(X, y)
     booster = model.get_booster()
-    contributions = verified_contributions(booster, FEATURES)
+    contributions = verified_contributions(booster, walk_from_booster(booster), FEATURES)
     row = X[:1]
 
     def best_of(call, repeats: int = 200) -> float:

@@ -12,13 +12,18 @@ from fraud_detection.modelling.pyfunc import (
     reason_feature_column,
 )
 from fraud_detection.serving.fast_contributions import tolerance, verified_contributions
+from fraud_detection.serving.fast_path import verified_walk
 
 
 def contributions_tolerance(model_uri: str) -> float:
     """The tolerance within which ``serve.py api`` answers an XGBoost model's contributions
     (``fast_contributions.tolerance``), for the model at ``model_uri`` (or a local folder)."""
     scorer = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().scorer
-    contributions = verified_contributions(scorer.estimator, len(scorer.features))
+    booster, n_features = scorer.estimator, len(scorer.features)
+    # The service takes this path only when its tree walk is verified too (follower._fast_paths).
+    walk = verified_walk(booster, n_features)
+    assert walk is not None, "the service would not use its NumPy paths on this model"
+    contributions = verified_contributions(booster, walk, n_features)
     assert contributions is not None, "the service would not use NumPy TreeSHAP on this model"
     return tolerance(contributions)
 
