@@ -3,9 +3,9 @@
 Asking XGBoost for one row's contributions (``pred_contribs``) costs a DMatrix (about 0.1-0.2 ms)
 plus the call (0.1-0.35 ms for 300 trees) on this machine, more than the whole request without
 reasons, so ``reasons_p50_ratio`` (``bench/serving.py``: one row with 3 reasons over one row
-without) missed its goal of 2 (2.2-4.6, median 2.8). This module computes the same numbers in
-NumPy in about 60 us per row for 300 depth-3 trees (XGBoost: 450 us), and the ratio fell to
-1.02-1.55, median 1.2 (``bench/results/serving_reasons_numpy_shap.json``).
+without) missed its goal of 2 (2.2-5.2, median 3.0). This module computes the same numbers in
+NumPy in about 60 us per row for 300 depth-3 trees (XGBoost: 500 us), and the ratio fell to
+1.02-1.55, median 1.3 (``bench/results/serving_reasons_numpy_shap.json``).
 
 Path-dependent TreeSHAP (Lundberg et al., the algorithm behind ``pred_contribs``), leaf by leaf:
 a leaf of value v whose path from the root has the unique features P (a feature split twice on
