@@ -194,7 +194,8 @@ def _fast_paths(
     checked against the same signature by ``protocol.parse_request``. An XGBoost model answers
     requests of a few rows through ``fast_path`` (the same numbers, without XGBoost's fixed cost
     per call), and their reason codes through ``fast_contributions`` (XGBoost's TreeSHAP within
-    its tolerance); larger requests, and forests either refuses, through XGBoost.
+    its tolerance). Larger requests, and models that either module's check at load refuses, go
+    through XGBoost.
     """
     try:
         python_model = model.unwrap_python_model()
