@@ -121,7 +121,7 @@ RETRAIN_TAG = PREFIX + "monitor.retrain"
 MONITOR_WINDOW_TAG = PREFIX + "monitor.window"  # the window's start, on its child run
 MONITOR_MODEL_VERSION_TAG = PREFIX + "monitor.model_version"
 MONITOR_CROSSINGS_TAG = PREFIX + "monitor.crossings"
-MONITOR_RETRAIN_RUN_TAG = PREFIX + "monitor.retrain_run_id"
+MONITOR_RETRAIN_RESULT_TAG = PREFIX + "monitor.retrain_result"  # what retrain=true did
 
 # Tag values are at most this long (MLflow's limit is 8000 characters).
 TAG_LIMIT = 5000

@@ -86,7 +86,8 @@ def population_stability_index(
     actual_shares = np.maximum(np.asarray(actual, dtype=np.float64), floor)
     if expected_shares.shape != actual_shares.shape:
         raise ValueError(f"{expected_shares.size} expected shares but {actual_shares.size} actual")
-    return float(np.sum((actual_shares - expected_shares) * np.log(actual_shares / expected_shares)))
+    ratio = np.log(actual_shares / expected_shares)
+    return float(np.sum((actual_shares - expected_shares) * ratio))
 
 
 def psi_against(reference: BinnedDistribution, values: np.ndarray) -> float:

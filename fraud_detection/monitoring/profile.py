@@ -68,9 +68,7 @@ def build_profile(
     """The profile of a model trained on ``training`` whose validation scores are given."""
     scores = np.asarray(validation_scores, dtype=np.float64)
     return ReferenceProfile(
-        features={
-            name: binned(training[name].to_numpy(np.float64), n_bins) for name in features
-        },
+        features={name: binned(training[name].to_numpy(np.float64), n_bins) for name in features},
         score=binned(scores, n_bins),
         alert_rate=float(np.mean(scores >= threshold)),
         threshold=float(threshold),
