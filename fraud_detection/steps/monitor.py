@@ -292,8 +292,8 @@ def _log_windows(
     for item in figures:
         window = item.window
         values = {key: value for key, value in item.metrics.items() if math.isfinite(value)}
+        # No step tag: "the latest monitor run" is the parent's.
         tags = {
-            **contract.step_tags(Step.MONITOR),
             MLFLOW_PARENT_RUN_ID: run_id,
             contract.MONITOR_WINDOW_TAG: window.name,
         }
