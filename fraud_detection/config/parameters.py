@@ -717,11 +717,13 @@ class MonitorConfig:
         ),
     )
     window_days: int = field(default=7, metadata=_help("Length of a monitoring window, in days."))
+    # Quiet weeks of the default data: feature PSI at most 0.0036, score PSI 0.0027, alert-rate
+    # ratio 1.31-1.50, average-precision ratio at least 1.08 (bench/results/monitor_quiet.json).
     psi_threshold: float = field(
-        default=0.25, metadata=_help("Highest population stability index of a feature.")
+        default=0.1, metadata=_help("Highest population stability index of a feature.")
     )
     score_psi_threshold: float = field(
-        default=0.25, metadata=_help("Highest population stability index of the score.")
+        default=0.1, metadata=_help("Highest population stability index of the score.")
     )
     alert_rate_ratio: float = field(
         default=2.0,

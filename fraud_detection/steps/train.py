@@ -89,7 +89,7 @@ def train(config: TrainConfig) -> str:
         final = _refit(best, config, data, run_id, lane, engine)
         choice = engine.tune_threshold(best, data.validation, data.features, config)
         example = engine.example(data.validation, final.features)
-        profile = _reference_profile(best, data, choice.threshold)
+        profile = _reference_profile(final, data, choice.threshold)
         model_info = _log_model_riding_outages(
             run_id, final, choice.threshold, example, config, profile
         )
@@ -458,16 +458,17 @@ def _log_lineage(run_id: str, data: TrainingData, config: TrainConfig, engine: E
 
 
 def _reference_profile(
-    best: FittedCandidate, data: TrainingData, threshold: float
+    final: Scorer, data: TrainingData, threshold: float
 ) -> ReferenceProfile | None:
-    """What the monitor compares windows with: features on the training window, and the
-    scores that tuned the threshold (the winner's, fitted before the validation window, so
-    out of time as production scores are). On Spark none is built yet: the monitor refuses
-    such a model with a clear message (docs/monitoring.md)."""
+    """What the monitor compares windows with: features on the training window, and the logged
+    model's own scores on the validation window (scores of another fit, even of the same
+    candidate, sit on another scale: their PSI against the served model's was 2 on quiet weeks).
+    On Spark none is built yet: the monitor refuses such a model with a clear message
+    (docs/monitoring.md)."""
     if not isinstance(data.training, pd.DataFrame):
         logger.warning("No reference profile on this engine: `monitor` will refuse this model")
         return None
-    scores = best.predict_proba(data.validation, data.features)
+    scores = final.predict_proba(data.validation)
     return build_profile(data.training, data.features, scores, threshold)
 
 

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from fraud_detection import contract
+from fraud_detection.cli import EXIT_MONITOR_ALARM, EXIT_OK, main_with_exit_code
 from fraud_detection.config import (
     BatchConfig,
     EvaluateConfig,
@@ -94,7 +95,7 @@ def test_quiet_weeks_do_not_alarm(registry, tmp_path, later_transactions):
     # Stepped by window on the parent, for the UI's charts over time.
     history = mlflow.MlflowClient().get_metric_history(parent.info.run_id, "score_psi")
     assert sorted(point.step for point in history) == [0, 1, 2, 3, 4]
-    assert parent.data.params["psi_threshold"] == "0.25"
+    assert parent.data.params["psi_threshold"] == "0.1"
     artifacts = {item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert "monitoring_report.html" in artifacts
 
@@ -103,7 +104,7 @@ def test_amounts_tripled_alarm_with_exit_line_and_tag(registry, tmp_path, later_
     shifted = later_transactions.copy()
     late = shifted["TX_DATETIME"] >= pd.Timestamp("2018-06-07")
     shifted.loc[late, "TX_AMOUNT"] *= 3
-    with pytest.raises(ThresholdCrossedError, match=r"psi_TX_AMOUNT = .* > threshold 0.2500"):
+    with pytest.raises(ThresholdCrossedError, match=r"psi_TX_AMOUNT = .* > threshold 0.1000"):
         monitor(config(scored(tmp_path, shifted)))
     parent, children = monitor_runs()
     assert parent.info.status == "FINISHED"
@@ -187,3 +188,14 @@ def test_window_without_transactions_is_refused(registry, tmp_path, later_transa
     gap = (times >= pd.Timestamp("2018-06-07")) & (times < pd.Timestamp("2018-06-14"))
     with pytest.raises(DataError, match=r"window 2018-06-07\.\.2018-06-13 has no transactions"):
         monitor(config(scored(tmp_path, later_transactions[~gap])))
+
+
+def test_exit_codes_of_the_command_line(registry, tmp_path, later_transactions, capsys):
+    quiet = scored(tmp_path, later_transactions, name="quiet")
+    arguments = ["--scored", quiet, "--min-roc-auc", "0.5"]
+    assert main_with_exit_code(MonitorConfig, monitor, arguments, "monitor") == EXIT_OK
+    shifted = later_transactions.assign(TX_AMOUNT=later_transactions["TX_AMOUNT"] * 3)
+    path = scored(tmp_path, shifted, name="shifted")
+    code = main_with_exit_code(MonitorConfig, monitor, ["--scored", path], "monitor")
+    assert code == EXIT_MONITOR_ALARM == 3
+    assert main_with_exit_code(MonitorConfig, monitor, ["--window-days", "0"], "m") == 2
