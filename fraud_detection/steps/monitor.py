@@ -114,7 +114,7 @@ def monitor(config: MonitorConfig, retrainer: Retrainer | None = None) -> str:
 
 def _watch(config: MonitorConfig, model: ServedModel, run_id: str, experiment_id: str) -> Watched:
     profile = load_profile(model)
-    baseline = test_figures(model)
+    baseline = model_test_figures(model)
     settings = model.config
     features = list(settings["features"])
     rows, score_column, first_start = scored_rows(config, model, features)
@@ -182,7 +182,7 @@ def load_profile(model: ServedModel) -> ReferenceProfile:
     return ReferenceProfile.from_dict(json.loads(path.read_text()))
 
 
-def test_figures(model: ServedModel) -> dict[str, float]:
+def model_test_figures(model: ServedModel) -> dict[str, float]:
     """The model's test metrics (what evaluate logged as ``test_*``), from its version's
     evaluate run; empty for a model outside the registry."""
     if not (model.name and model.version):

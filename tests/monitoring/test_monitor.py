@@ -199,3 +199,16 @@ def test_exit_codes_of_the_command_line(registry, tmp_path, later_transactions, 
     code = main_with_exit_code(MonitorConfig, monitor, ["--scored", path], "monitor")
     assert code == EXIT_MONITOR_ALARM == 3
     assert main_with_exit_code(MonitorConfig, monitor, ["--window-days", "0"], "m") == 2
+
+
+def test_labels_from_their_own_file(registry, tmp_path, later_transactions):
+    path = Path(scored(tmp_path, later_transactions))
+    table = pd.read_csv(path)
+    table[["TRANSACTION_ID", "TX_FRAUD"]].to_csv(tmp_path / "labels.csv", index=False)
+    table.drop(columns="TX_FRAUD").to_csv(tmp_path / "unlabelled.csv", index=False)
+    monitor(config(str(tmp_path / "unlabelled.csv"), labels=str(tmp_path / "labels.csv")))
+    _, children = monitor_runs()
+    assert children[0].data.metrics["average_precision_ratio"] > 0.7
+    (tmp_path / "ids.csv").write_text("TRANSACTION_ID\n1\n")
+    with pytest.raises(DataError, match=r"ids\.csv: missing column TX_FRAUD"):
+        monitor(config(str(tmp_path / "unlabelled.csv"), labels=str(tmp_path / "ids.csv")))
