@@ -2,8 +2,8 @@
 
 Each leaf field of a config dataclass becomes one flag (``n_customers`` -> ``--n-customers``).
 A step's report is printed on success (exit 0); a problem the user can fix is one logged line
-and exit 1 (2 for a bad parameter, refused before any work); anything else is a bug and keeps
-its stack trace.
+and exit 1 (2 for a bad parameter, refused before any work; 3 when ``monitor`` finds a threshold
+crossed); anything else is a bug and keeps its stack trace.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fraud_detection.config.fields import (
     build_config,
     leaves,
 )
-from fraud_detection.errors import PipelineError
+from fraud_detection.errors import PipelineError, ThresholdCrossedError
 from fraud_detection.hardening.client_setup import prepare_tracking_client
 from fraud_detection.hardening.outages import diagnose
 
@@ -31,6 +31,7 @@ C = TypeVar("C")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_PARAMETERS = 2
+EXIT_MONITOR_ALARM = ThresholdCrossedError.exit_code  # 3
 
 
 def add_arguments(parser: argparse.ArgumentParser, config_type: type) -> None:
@@ -130,7 +131,7 @@ def _run_step(step: Callable[[C], str], config: C) -> int:
         return EXIT_BAD_PARAMETERS
     except PipelineError as error:
         logger.error("%s", error)
-        return EXIT_FAILED
+        return EXIT_MONITOR_ALARM if isinstance(error, ThresholdCrossedError) else EXIT_FAILED
     except Exception as error:
         outage = diagnose(error)
         if outage is None:

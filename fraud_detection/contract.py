@@ -17,6 +17,9 @@ something is missing (an outage is told apart by ``outages.diagnose``, never bla
                  fraud.previous_champion, fraud.approved_*, fraud.rolled_back_*); run tags
                  fraud.action, fraud.decision, fraud.version; artifact decision.json
     main         tags pointing at the three step runs and the decision
+    monitor      parent run: metrics stepped by window, fraud.monitor.retrain when a threshold
+                 is crossed; one child run per window; the model's artifact
+                 reference_profile.json (written by train) is its reference
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Step(StrEnum):
     CANDIDATE = "candidate"
     EVALUATE = "evaluate"
     REGISTER = "register"
+    MONITOR = "monitor"
 
 
 # --- every run ----------------------------------------------------------------------------------
@@ -77,6 +81,10 @@ CHECKPOINTS_ARTIFACT_DIR = "checkpoints"
 MODEL_NAME_IN_RUN = "model"
 SELECTION_METRIC = "validation_average_precision"
 EXPECTED_SAVINGS_METRIC = "validation_expected_savings"
+# The monitor's reference (``monitoring.profile``): a key of the logged model's artifacts, and
+# the file it lands in, ``<model>/artifacts/<file>``, found from any models:/ URI.
+REFERENCE_PROFILE_ARTIFACT = "reference_profile"
+REFERENCE_PROFILE_FILE = "reference_profile.json"
 
 # --- evaluate -----------------------------------------------------------------------------------
 TRAIN_RUN_TAG = PREFIX + "train_run_id"
@@ -106,6 +114,14 @@ DECISION_ARTIFACT = "decision.json"
 
 # --- main ---------------------------------------------------------------------------------------
 REGISTER_RUN_TAG = PREFIX + "register_run_id"
+
+# --- monitor ------------------------------------------------------------------------------------
+# Set ("true") on a monitoring run, parent and window, when a threshold was crossed.
+RETRAIN_TAG = PREFIX + "monitor.retrain"
+MONITOR_WINDOW_TAG = PREFIX + "monitor.window"  # the window's start, on its child run
+MONITOR_MODEL_VERSION_TAG = PREFIX + "monitor.model_version"
+MONITOR_CROSSINGS_TAG = PREFIX + "monitor.crossings"
+MONITOR_RETRAIN_RESULT_TAG = PREFIX + "monitor.retrain_result"  # what retrain=true did
 
 # Tag values are at most this long (MLflow's limit is 8000 characters).
 TAG_LIMIT = 5000

@@ -47,3 +47,9 @@ def is_absent(error: BaseException) -> bool:
     "absent".
     """
     return getattr(error, "error_code", None) in _ABSENT_CODES
+
+
+class ThresholdCrossedError(PipelineError):
+    """A monitoring threshold was crossed: not a crash, so it has an exit code of its own."""
+
+    exit_code = 3

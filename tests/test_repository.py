@@ -38,6 +38,10 @@ def _run(*command: str, env: dict[str, str] | None = None) -> subprocess.Complet
             ".github/workflows/ci.yml",
             ("vendor.github-workflows", "custom.github-workflows-require-timeout"),
         ),
+        (
+            ".github/workflows/monitor.yml",
+            ("vendor.github-workflows", "custom.github-workflows-require-timeout"),
+        ),
         ("docker-compose.yml", ("vendor.compose-spec",)),
     ],
 )

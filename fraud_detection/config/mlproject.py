@@ -19,6 +19,7 @@ from typing import Any
 from fraud_detection.config.fields import leaves
 from fraud_detection.config.parameters import (
     EvaluateConfig,
+    MonitorConfig,
     PipelineConfig,
     RegisterConfig,
     TrainConfig,
@@ -60,6 +61,12 @@ ENTRY_POINTS = (
         RegisterConfig,
         "register.py",
         "Register the evaluated model; move @champion only when the gate holds.",
+    ),
+    EntryPoint(
+        "monitor",
+        MonitorConfig,
+        "monitor.py",
+        "Drift and delayed-label performance of a model on files it scored; retrain on alarm.",
     ),
 )
 

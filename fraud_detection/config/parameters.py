@@ -764,3 +764,99 @@ class WebhookConfig:
             f"--url must be an http(s) URL of the service's webhook route, got {self.url!r}",
         )
         _require(bool(self.name.strip()), "--name must not be empty")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """``monitor``: drift and delayed-label performance of a model on files it scored
+    (docs/monitoring.md). Default thresholds: measured on quiet weeks of the default data."""
+
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    scored: str = field(
+        default="",
+        metadata=_help(
+            "File that serve.py batch wrote with this model (CSV or Parquet, path or URI): raw "
+            "transactions and their fraud_probability."
+        ),
+    )
+    model_uri: str = field(
+        default=f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}",
+        metadata=_help(
+            "The registered model that scored the file: models:/<name>@<alias> or /<version>."
+        ),
+    )
+    window_days: int = field(default=7, metadata=_help("Length of a monitoring window, in days."))
+    # Quiet weeks of the default data: feature PSI at most 0.0036, score PSI 0.0027, alert-rate
+    # ratio 1.31-1.50, average-precision ratio at least 1.08 (bench/results/monitor_quiet.json).
+    psi_threshold: float = field(
+        default=0.1, metadata=_help("Highest population stability index of a feature.")
+    )
+    score_psi_threshold: float = field(
+        default=0.1, metadata=_help("Highest population stability index of the score.")
+    )
+    alert_rate_ratio: float = field(
+        default=2.0,
+        metadata=_help(
+            "Largest factor between a window's alert rate and validation's, either way "
+            "(2: from half to twice)."
+        ),
+    )
+    min_ap_ratio: float = field(
+        default=0.7,
+        metadata=_help(
+            "Lowest realised average precision of a window with matured labels, as a share of "
+            "the model's test average precision."
+        ),
+    )
+    as_of: str = field(
+        default="",
+        metadata=_help(
+            "When labels are read (a date or time): a window's labels count once its end plus "
+            "the model's label delay is at or before it. Empty: the latest time in the file."
+        ),
+    )
+    labels: str = field(
+        default="",
+        metadata=_help(
+            "CSV or Parquet file of transaction id and label, when the labels came later than "
+            "the scores. Empty: the scored file's label column."
+        ),
+    )
+    require_performance: bool = field(
+        default=False,
+        metadata=_help("Fail when no window has matured labels (instead of drift only)."),
+    )
+    retrain: bool = field(
+        default=False,
+        metadata=_help(
+            "When a threshold is crossed, train, evaluate and register on the most recent data "
+            "through the normal gate."
+        ),
+    )
+    data: str = field(
+        default="",
+        metadata=_help(
+            "Data to retrain on (CSV or Parquet, path or URI). Empty: the model's own train "
+            "data recipe, with the latest training window it allows."
+        ),
+    )
+    columns: TransactionColumns = field(default_factory=TransactionColumns)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.scored.strip()), "--scored is required: a file serve.py batch wrote")
+        _require(bool(self.model_uri.strip()), "--model-uri must not be empty")
+        _require(self.window_days >= 1, f"--window-days must be at least 1, got {self.window_days}")
+        for name in ("psi_threshold", "score_psi_threshold"):
+            value = getattr(self, name)
+            _require(value > 0, f"--{name.replace('_', '-')} must be positive, got {value}")
+        _require(
+            self.alert_rate_ratio > 1,
+            f"--alert-rate-ratio must be above 1, got {self.alert_rate_ratio}",
+        )
+        _require(
+            0 <= self.min_ap_ratio <= 1,
+            f"--min-ap-ratio must be between 0 and 1, got {self.min_ap_ratio}",
+        )
+        if self.as_of:
+            _parse_date("as_of", self.as_of)

@@ -10,8 +10,13 @@ the C library's ``expf`` as XGBoost does. ``verified_walk`` builds it only for p
 logistic boosters and only keeps it if it gives bit-for-bit XGBoost's own probabilities on probe
 rows built from every split threshold; otherwise the caller keeps using XGBoost.
 
-A fork may delete this module (``follower._fast_paths`` then calls XGBoost for every request):
-single-row requests lose about 0.25 ms each (``bench/serving.py``, ``docs/performance.md``).
+Reason codes for the same few rows come from its sibling ``fast_contributions`` (exact TreeSHAP
+in NumPy on the same flattened forest, verified against XGBoost's ``pred_contribs`` at load).
+
+A fork may delete this module, and ``fast_contributions`` with it (``follower._fast_paths`` then
+calls XGBoost for every request): single-row requests lose about 0.25 ms each, and about 0.3 ms
+more when they ask for reason codes (``bench/serving.py``, ``docs/performance.md``,
+``docs/serving.md``).
 """
 
 from __future__ import annotations

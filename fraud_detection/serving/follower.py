@@ -33,7 +33,13 @@ from fraud_detection.errors import (
     OutageError,
 )
 from fraud_detection.hardening.outages import artifact_store_outage, diagnose
-from fraud_detection.modelling.pyfunc import REASONS_PARAM, predictions_columns, reasons_count
+from fraud_detection.modelling.pyfunc import (
+    REASONS_PARAM,
+    predictions_columns,
+    reasons_columns,
+    reasons_count,
+)
+from fraud_detection.serving.fast_contributions import verified_contributions
 from fraud_detection.serving.fast_path import (
     SMALL_BATCH_ROWS,
     verified_walk,
@@ -186,8 +192,10 @@ def _fast_paths(
 
     They skip pyfunc's DataFrame conversion and schema enforcement: the request was already
     checked against the same signature by ``protocol.parse_request``. An XGBoost model answers
-    requests of a few rows through ``tree_walk`` (the same numbers, without XGBoost's fixed cost
-    per call); with reason codes too, whose contributions still come from XGBoost.
+    requests of a few rows through ``fast_path`` (the same numbers, without XGBoost's fixed cost
+    per call), and their reason codes through ``fast_contributions`` (XGBoost's TreeSHAP within
+    its tolerance). Larger requests, and models that either module's check at load refuses, go
+    through XGBoost.
     """
     try:
         python_model = model.unwrap_python_model()
@@ -202,6 +210,9 @@ def _fast_paths(
     if walk is None:
         return predict_values, explain_values
     threshold = python_model.threshold
+    shap = None  # NumPy TreeSHAP, when it agrees with XGBoost's on this model
+    if explain_values is not None:
+        shap = verified_contributions(scorer.estimator, walk, len(schema.names))
 
     def predict(values: np.ndarray) -> Mapping[str, np.ndarray]:
         if len(values) <= SMALL_BATCH_ROWS:
@@ -209,9 +220,11 @@ def _fast_paths(
         return predict_values(values)
 
     def explain(values: np.ndarray, k: int) -> Mapping[str, np.ndarray]:
-        if len(values) <= SMALL_BATCH_ROWS:
+        if len(values) > SMALL_BATCH_ROWS:
+            return explain_values(values, k)
+        if shap is None:
             return {**predict(values), **python_model.reason_values(values, k)}
-        return explain_values(values, k)
+        return {**predict(values), **reasons_columns(*shap.values(values), schema.names, k)}
 
     return predict, explain if explain_values is not None else None
 

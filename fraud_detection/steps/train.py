@@ -18,6 +18,7 @@ the same for both.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import tempfile
@@ -62,6 +63,7 @@ from fraud_detection.modelling.pyfunc import (
     model_signature,
 )
 from fraud_detection.modelling.threshold import ThresholdChoice
+from fraud_detection.monitoring.profile import ReferenceProfile, build_profile
 from fraud_detection.tracking import step_run
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,10 @@ def train(config: TrainConfig) -> str:
         final = _refit(best, config, data, run_id, lane, engine)
         choice = engine.tune_threshold(best, data.validation, data.features, config)
         example = engine.example(data.validation, final.features)
-        model_info = _log_model_riding_outages(run_id, final, choice.threshold, example, config)
+        profile = _reference_profile(final, data, choice.threshold)
+        model_info = _log_model_riding_outages(
+            run_id, final, choice.threshold, example, config, profile
+        )
 
         validation_metrics = _validation_metrics(best_run, choice)
         outcome = _outcome(
@@ -452,8 +457,28 @@ def _log_lineage(run_id: str, data: TrainingData, config: TrainConfig, engine: E
         log_datasets(run_id, datasets)
 
 
+def _reference_profile(
+    final: Scorer, data: TrainingData, threshold: float
+) -> ReferenceProfile | None:
+    """What the monitor compares windows with: features on the training window, and the logged
+    model's own scores on the validation window (scores of another fit, even of the same
+    candidate, sit on another scale: their PSI against the served model's was 2 on quiet weeks).
+    On Spark none is built yet: the monitor refuses such a model with a clear message
+    (docs/monitoring.md)."""
+    if not isinstance(data.training, pd.DataFrame):
+        logger.warning("No reference profile on this engine: `monitor` will refuse this model")
+        return None
+    scores = final.predict_proba(data.validation)
+    return build_profile(data.training, data.features, scores, threshold)
+
+
 def _log_model_riding_outages(
-    run_id: str, scorer: Scorer, threshold: float, example: pd.DataFrame, config: TrainConfig
+    run_id: str,
+    scorer: Scorer,
+    threshold: float,
+    example: pd.DataFrame,
+    config: TrainConfig,
+    profile: ReferenceProfile | None = None,
 ) -> ModelInfo:
     """``_log_model``, repeated while a store is down; the attempts that failed are deleted.
 
@@ -465,7 +490,7 @@ def _log_model_riding_outages(
     def attempt() -> ModelInfo:
         nonlocal attempts
         attempts += 1
-        return _log_model(scorer, threshold, example, config)
+        return _log_model(scorer, threshold, example, config, profile)
 
     info = call_with_store_retry(attempt)
     if attempts > 1:
@@ -475,16 +500,26 @@ def _log_model_riding_outages(
 
 
 def _log_model(
-    scorer: Scorer, threshold: float, example: pd.DataFrame, config: TrainConfig
+    scorer: Scorer,
+    threshold: float,
+    example: pd.DataFrame,
+    config: TrainConfig,
+    profile: ReferenceProfile | None = None,
 ) -> ModelInfo:
     """Log ``scorer`` as the run's pyfunc model, ``threshold`` inside; ``example``: a few
-    validation rows of its features, as doubles."""
+    validation rows of its features, as doubles; ``profile``: the monitor's reference, saved
+    among the model's artifacts so that it travels with every registered version."""
     with tempfile.TemporaryDirectory() as scratch:
         estimator_path = scorer.save(Path(scratch))
+        artifacts = {ESTIMATOR_ARTIFACT: str(estimator_path)}
+        if profile is not None:
+            profile_path = Path(scratch) / contract.REFERENCE_PROFILE_FILE
+            profile_path.write_text(json.dumps(profile.to_dict()))
+            artifacts[contract.REFERENCE_PROFILE_ARTIFACT] = str(profile_path)
         return mlflow.pyfunc.log_model(
             name=contract.MODEL_NAME_IN_RUN,
             python_model=str(MODEL_CODE),
-            artifacts={ESTIMATOR_ARTIFACT: str(estimator_path)},
+            artifacts=artifacts,
             code_paths=[str(PACKAGE_DIR)],
             model_config=model_config(
                 scorer.kind,

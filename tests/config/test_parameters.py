@@ -21,6 +21,7 @@ from fraud_detection.config import (
     FeatureWindows,
     GateConfig,
     ModelConfig,
+    MonitorConfig,
     PipelineConfig,
     RegisterConfig,
     SplitConfig,
@@ -41,6 +42,7 @@ ENTRY_POINTS = {
     "train": (TrainConfig, "train.py"),
     "evaluate": (EvaluateConfig, "evaluate.py"),
     "register": (RegisterConfig, "register.py"),
+    "monitor": (MonitorConfig, "monitor.py"),
 }
 MLPROJECT_TYPES = {str: "string", int: "int", float: "float", bool: "bool"}
 
@@ -229,3 +231,19 @@ def test_engine_accepts_pandas_and_spark_and_names_them_otherwise(make) -> None:
     assert make("spark").engine == "spark"
     with pytest.raises(ConfigError, match=r"engine must be one of pandas, spark, got 'dask'"):
         make("dask")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"scored": ""}, "--scored is required"),
+        ({"window_days": 0}, "--window-days must be at least 1"),
+        ({"psi_threshold": 0}, "--psi-threshold must be positive"),
+        ({"alert_rate_ratio": 1.0}, "--alert-rate-ratio must be above 1"),
+        ({"min_ap_ratio": 1.5}, "--min-ap-ratio must be between 0 and 1"),
+        ({"as_of": "soon"}, "as_of must be a date"),
+    ],
+)
+def test_monitor_parameters_are_checked(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        MonitorConfig(**{"scored": "scored.csv", **changes})

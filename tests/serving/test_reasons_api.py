@@ -4,6 +4,7 @@ what the logged pyfunc answers for ``params={"reasons": k}``, columns and values
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import mlflow
@@ -20,12 +21,15 @@ from fraud_detection.modelling.pyfunc import (
     FraudDetector,
     reason_column_names,
 )
+from fraud_detection.serving import fast_contributions
 from fraud_detection.serving.api import create_app
 from fraud_detection.serving.batch import check_reasons
+from fraud_detection.serving.fast_path import SMALL_BATCH_ROWS
 from fraud_detection.serving.follower import ModelFollower, ServedModel, requested_reasons
 from fraud_detection.serving.protocol import InputColumn, InputSchema, RequestError
 from tests.serving.test_api import JSON_HEADERS, call
 from tests.support.pipeline import MODEL_NAME, TwoVersionStore, tiny_simulation
+from tests.support.reasons import assert_reasons_agree, contributions_tolerance
 
 FEATURES = len(FEATURE_COLUMNS)
 
@@ -69,7 +73,9 @@ def _invoke(follower: ModelFollower, body: bytes) -> tuple[int, bytes]:
 
 
 @pytest.mark.parametrize("kind", ["xgboost", "logistic_regression"])
-@pytest.mark.parametrize("rows", [1, 40])  # one row: XGBoost's NumPy tree walk; 40: XGBoost
+# One row: XGBoost's NumPy tree walk and NumPy TreeSHAP (contributions within its tolerance);
+# 40 rows: XGBoost itself, the same numbers as the pyfunc.
+@pytest.mark.parametrize("rows", [1, 40])
 def test_the_service_answers_the_pyfuncs_reasons(kind, rows, followers, feature_rows):
     follower = followers[kind]
     sent = feature_rows.tail(rows)
@@ -80,6 +86,10 @@ def test_the_service_answers_the_pyfuncs_reasons(kind, rows, followers, feature_
     expected = model.predict(sent, params={"reasons": 3})
     assert list(served.columns) == [PROBABILITY_COLUMN, DECISION_COLUMN, *reason_column_names(3)]
     assert list(served.columns) == list(expected.columns)
+    if kind == "xgboost" and rows <= SMALL_BATCH_ROWS:
+        atol = contributions_tolerance(follower.current.directory)
+        assert_reasons_agree(served, expected, 3, atol)
+        return
     for name in served.columns:
         if served[name].dtype.kind in "fi":
             # BLAS may round a row-major matrix (parsed from JSON) in the last bits differently.
@@ -152,3 +162,33 @@ def test_a_model_kind_without_contributions_refuses_reasons_clearly(feature_rows
     )
     with pytest.raises(ConfigError, match="--reasons 3: parameter reasons: model kind random"):
         check_reasons(model, 3)
+
+
+def test_a_forest_numpy_treeshap_refuses_keeps_xgboosts_contributions(
+    two_version_store, feature_rows, monkeypatch, caplog
+):
+    # A table limit of 0 refuses every forest: the service asks XGBoost, as before NumPy TreeSHAP.
+    monkeypatch.setattr(fast_contributions, "TABLE_ENTRIES", 0)
+    uri = f"sqlite:///{two_version_store.database}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    follower = ModelFollower(f"models:/{MODEL_NAME}/2", poll_seconds=0)
+    try:
+        with caplog.at_level(logging.INFO, logger=fast_contributions.__name__):
+            follower.load()
+        assert follower.current.config["model_kind"] == "xgboost"
+        assert "too many: not used" in caplog.text
+        sent = feature_rows.tail(1)
+        status, content = _invoke(follower, _request(sent, {"reasons": 3}))
+        model = mlflow.pyfunc.load_model(follower.current.directory)
+    finally:
+        follower.close()
+        mlflow.set_tracking_uri(None)
+    assert status == 200
+    served = pd.DataFrame(json.loads(content)["predictions"])
+    expected = model.predict(sent, params={"reasons": 3})
+    names = reason_column_names(3)  # feature, contribution of each rank, then the bias
+    features, numbers = names[0:-1:2], [*names[1:-1:2], names[-1]]
+    # XGBoost on both sides: the same float32 numbers (rtol as in the test above).
+    np.testing.assert_allclose(served[numbers], expected[numbers], rtol=1e-6, atol=1e-9)
+    assert served[features].equals(expected[features])

@@ -81,7 +81,8 @@ def test_the_ranges_of_scores_do_not_change_the_result(spark, partitions):
 
 
 def test_sparks_own_evaluator_is_exact_only_without_bins(spark):
-    """Why the module sums ROC AUC itself rather than reading Spark's evaluator's default."""
+    """Why the module sums ROC AUC itself rather than reading Spark's evaluator: exact only
+    with ``numBins=0``, and then it sorts every distinct score on one task."""
     rng = np.random.default_rng(2)
     labels = (rng.random(5_000) < 0.1).astype(float)
     rows = pd.DataFrame({"label": labels, "score": rng.random(5_000) + 0.3 * labels})
@@ -95,7 +96,10 @@ def test_sparks_own_evaluator_is_exact_only_without_bins(spark):
         return evaluator.evaluate(frame)
 
     assert spark_auc(0) == pytest.approx(expected, abs=TOLERANCE)
-    assert abs(spark_auc(1_000) - expected) > TOLERANCE  # the default bins the scores
+    # The default (1,000 bins) down-samples the curve per partition of the sorted scores: off
+    # by up to about 1e-3 here, or exact, depending on how the session partitioned the frame
+    # (CI saw both), so it is bounded, not asserted to differ.
+    assert spark_auc(1_000) == pytest.approx(expected, abs=1e-2)
     assert metrics.roc_auc(frame, "label", "score") == pytest.approx(expected, abs=TOLERANCE)
 
 

@@ -22,6 +22,7 @@ PROJECT_FILES = [
     "evaluate.py",
     "register.py",
     "serve.py",
+    "monitor.py",
     "fraud_detection",
 ]
 # The whole pipeline in about 30 s: small simulated data, one small model per family (no
