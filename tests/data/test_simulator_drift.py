@@ -193,9 +193,13 @@ def test_bad_drift_settings_are_a_clear_config_error(changes, message):
         DataConfig(n_customers=500, n_terminals=1_000, n_days=60, seed=3, **changes)
 
 
-def test_a_drift_needs_simulated_data():
-    with pytest.raises(ConfigError, match="drift_start simulates a drift: it needs simulated"):
-        DataConfig(data="transactions.csv", drift_start="2018-05-01")
+def test_a_file_ignores_the_drift_but_not_a_bad_setting():
+    """A model trained on drifted simulated data keeps its drift in its data recipe; retrained
+    on a file (monitor --data), the recipe's drift is not an error."""
+    data = DataConfig(data="transactions.csv", drift_start="2018-05-01", drift_kind="amounts")
+    assert not data.uses_simulator
+    with pytest.raises(ConfigError, match="drift_kind must be one of"):
+        DataConfig(data="transactions.csv", drift_kind="meteor")
 
 
 def test_the_command_writes_a_drifted_file(tmp_path, capsys):
