@@ -7,8 +7,10 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import logging
+import re
 import sys
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -108,3 +110,37 @@ def test_the_command_refuses_a_bad_drift_in_one_line(tmp_path, caplog):
         "Invalid parameter: drift_kind must be one of terminals, scenario, amounts, got 'meteor'"
     ]
     assert not out.exists()
+
+
+def test_the_monitor_stays_quiet_then_alarms_and_retrains_on_inflating_amounts(tmp_path):
+    """The drill's monitor calls on simulated drift: the quiet weeks cross nothing, the weeks
+    of amounts 20% higher a week cross the amount features' PSI, and with retraining data an
+    alarm registers a new version through the gate."""
+    drill = drift_bench.Drill(
+        n_customers=500,
+        n_terminals=1_000,
+        quiet_weeks=2,
+        drift_weeks=2,
+        drift_kind="amounts",
+        drift_strength=2.0,
+    )
+    table = simulate_transactions(drill.simulator())
+    first = drift_bench.train_first_champion(table, drill, tmp_path, FAST_MODEL, LENIENT_GATE)
+    watched = []
+    for index, start in enumerate(drill.week_starts):
+        week = drift_bench.Week(table, index, start, tmp_path)
+        watched.append(drift_bench.watch(week.scored_by(first), first, start, None))
+    assert [seen.alarm for seen in watched] == [False, False, True, True]
+    assert all("no threshold crossed" in seen.message for seen in watched[:2])
+    # The first crossing each names: an amount feature's PSI (the score's moves later).
+    assert all(re.search(r"psi_\w*AMOUNT\w* = ", seen.message) for seen in watched[2:])
+    last = drill.week_starts[-1]
+    recent = drift_bench.write_recent(
+        table, last + drift_bench.WEEK, drill.champion_days, tmp_path / "recent.parquet"
+    )
+    week = drift_bench.Week(table, 3, last, tmp_path)
+    retrained = drift_bench.watch(week.scored_by(first), first, last, recent)
+    assert retrained.alarm
+    assert "retrained: pipeline on" in retrained.message
+    versions = mlflow.MlflowClient().search_model_versions("name = 'fraud-detector'")
+    assert sorted(int(version.version) for version in versions) == [1, 2]
