@@ -12,10 +12,12 @@ Then week by week, as a scheduled job would:
 3. the week's average precision of each curve is computed from its scores and labels.
 
 "No retrain" scores every week with the first champion. "Retrain" runs the monitor with
-``retrain=true``: an alarm trains, evaluates and registers on the data up to the week's end
-through the normal gate, and a new champion scores from the week after next on (the monitor of
-week k runs when week k's labels are in, a week after it ends, while week k+1 is being scored).
-``false_alarms`` counts the alarms of the quiet weeks.
+``retrain=true``: an alarm trains, evaluates and registers on the latest ``champion_days``
+days up to the week's end through the normal gate, and a promoted champion scores from the
+week after next on (the monitor of week k runs when week k's labels are in, a week after it
+ends, while week k+1 is being scored). ``false_alarms`` counts the alarms of the quiet weeks.
+The steps run in this process (no launcher, no environment to build), so a week costs seconds
+and a retraining tens of seconds on 2 cores (docs/monitoring.md, "Drift drill").
 
     python bench/drift.py --out bench/results/drift.json --plot docs/images/drift-drill.png
 """
