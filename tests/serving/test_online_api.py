@@ -11,6 +11,7 @@ import pytest
 
 from fraud_detection.cli import EXIT_BAD_PARAMETERS, main_with_commands
 from fraud_detection.config import ApiConfig
+from fraud_detection.data.features import FEATURE_COLUMNS
 from fraud_detection.errors import DataError
 from fraud_detection.online.errors import NotServableError
 from fraud_detection.online.features import OnlineRecipe
@@ -158,6 +159,14 @@ def test_reason_codes_of_a_raw_transaction_are_those_of_its_feature_row(app):
 def test_models_without_engineered_features_cannot_score_raw_transactions():
     with pytest.raises(NotServableError, match="passthrough features, which cannot be computed"):
         OnlineRecipe.of_model({"engineered_features": False, "features": ["V1", "Amount"]}, "4")
+
+
+def test_a_feature_the_online_state_does_not_compute_is_refused_by_name():
+    # A fork that adds a batch feature (data/features.py) but not its online twin.
+    features = [*FEATURE_COLUMNS, "CUSTOMER_ID_NB_COUNTRIES_7DAY_WINDOW"]
+    with pytest.raises(NotServableError, match="first CUSTOMER_ID_NB_COUNTRIES_7DAY_WINDOW"):
+        OnlineRecipe.of_model({"engineered_features": True, "features": features}, "5")
+    assert OnlineRecipe.of_model({"engineered_features": True}).features == FEATURE_COLUMNS
 
 
 def test_several_workers_without_a_shared_state_refuse_raw_transactions(follower):
