@@ -13,6 +13,13 @@ amount. Three fraud scenarios are then applied in order:
 3. each day some customers are compromised for 14 days: a third of their transactions in that
    period have their amount multiplied by 5 and are fraud.
 
+From ``drift_start`` on (empty by default: the book's data, unchanged), the data can drift
+(``drift_kind``): ``terminals``, a wave of compromised terminals on top of scenario 2;
+``scenario``, card testing, a fraud the book does not have (cards whose transactions turn into
+small amounts at night); ``amounts``, every amount inflating week by week (labels unchanged).
+The drift draws from a random stream of its own, so the days before it are the book's data bit
+for bit, and so is the whole table without drift.
+
 The book uses 2 terminals and 3 customers a day for 10,000 terminals and 5,000 customers. Smaller
 populations keep the same *share* compromised per day, so a quick simulation has the book's fraud
 mix at a fraction of its size (see ``SimulatorConfig``).
@@ -22,11 +29,14 @@ to one Parquet file while holding about ``chunk_rows`` transactions at a time, f
 large for memory (the scale benchmark's 16 M transactions); it is also a command::
 
     python -m fraud_detection.data.simulator --out transactions.parquet --transactions 16000000
+    python -m fraud_detection.data.simulator --out drifted.parquet --n-days 200 \
+        --drift-start 2018-07-30 --drift-kind scenario
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
 import math
@@ -49,6 +59,7 @@ from fraud_detection.config import (
     SimulatorConfig,
     TransactionColumns,
 )
+from fraud_detection.config.parameters import DRIFT_KINDS
 from fraud_detection.errors import PipelineError
 
 logger = logging.getLogger(__name__)
@@ -72,6 +83,7 @@ SCENARIO_GENUINE = 0
 SCENARIO_LARGE_AMOUNT = 1
 SCENARIO_COMPROMISED_TERMINAL = 2
 SCENARIO_COMPROMISED_CUSTOMER = 3
+SCENARIO_CARD_TESTING = 4  # only with drift_kind "scenario"
 DEFAULT_CHUNK_ROWS = 1_000_000
 
 
@@ -85,6 +97,7 @@ def simulate_transactions(config: SimulatorConfig) -> pd.DataFrame:
         plus ``TX_FRAUD_SCENARIO`` (0 for genuine; for analysis only, never a feature).
     """
     rng = np.random.default_rng(config.seed)
+    drift = _drift_plan(config)
     customers = _customer_profiles(config.n_customers, rng)
     terminal_xy = rng.uniform(0, AREA_SIZE, size=(config.n_terminals, 2))
     offsets, terminal_ids = _terminals_within_radius(
@@ -96,12 +109,19 @@ def simulate_transactions(config: SimulatorConfig) -> pd.DataFrame:
     draws = _draw_block(everyone, [rng] * len(_PASSES))
     customer, day, seconds, amount = (draws[k] for k in ("customer", "day", "seconds", "amount"))
     terminal = terminal_ids[offsets[customer] + draws["pick"]]
+    seconds, amount, tested = _card_testing(
+        drift, customer, day, seconds, amount, np.arange(customer.size)
+    )
 
     order = np.lexsort((customer, seconds))
-    customer, day, seconds, amount, terminal = (
-        array[order] for array in (customer, day, seconds, amount, terminal)
+    customer, day, seconds, amount, terminal, tested = (
+        array[order] for array in (customer, day, seconds, amount, terminal, tested)
     )
-    scenario, amount = _apply_fraud_scenarios(customer, terminal, day, amount, config, rng)
+    compromises = _draw_compromises(config, rng, drift)
+    scenario, amount = _apply_fraud_scenarios(
+        customer, terminal, day, amount, tested, compromises, rng
+    )
+    amount = _inflate_amounts(drift, amount, day)
     table = _transaction_frame(
         np.arange(customer.size, dtype=np.int64),
         seconds,
@@ -295,9 +315,12 @@ class _Compromises:
     terminal_days: np.ndarray  # (terminal, day): compromised that day (scenario 2)
     customer_event_day: np.ndarray  # scenario 3: each event's first day and customer
     customer_event_customer: np.ndarray
+    drift: _Drift | None  # what the drift changes in the transactions themselves
 
 
-def _draw_compromises(config: SimulatorConfig, rng: np.random.Generator) -> _Compromises:
+def _draw_compromises(
+    config: SimulatorConfig, rng: np.random.Generator, drift: _Drift | None
+) -> _Compromises:
     n_days = config.n_days
     # Scenario 2: a terminal compromised on day d stays compromised on days d .. d+27.
     event_day, event_terminal = _compromise_events(
@@ -306,19 +329,26 @@ def _draw_compromises(config: SimulatorConfig, rng: np.random.Generator) -> _Com
     terminal_days = _active_windows(
         config.n_terminals, n_days, event_terminal, event_day, TERMINAL_COMPROMISE_DAYS
     )
+    if drift is not None and drift.terminal_days is not None:
+        terminal_days |= drift.terminal_days  # the wave, on top of the book's compromises
     event_day, event_customer = _compromise_events(
         config.n_customers, BOOK_CUSTOMERS_COMPROMISED_PER_DAY_SHARE, n_days, rng
     )
-    return _Compromises(terminal_days, event_day, event_customer)
+    return _Compromises(terminal_days, event_day, event_customer, drift)
 
 
 def _amount_and_terminal_scenarios(
-    amount: np.ndarray, terminal: np.ndarray, day: np.ndarray, compromises: _Compromises
+    amount: np.ndarray,
+    terminal: np.ndarray,
+    day: np.ndarray,
+    tested: np.ndarray,
+    compromises: _Compromises,
 ) -> np.ndarray:
-    """Scenarios 1 and 2, which each transaction meets on its own."""
+    """Scenarios 1 and 2 (and the drift's card testing), which each transaction meets alone."""
     scenario = np.zeros(amount.size, dtype=np.int8)
     scenario[amount > LARGE_AMOUNT_FRAUD_THRESHOLD] = SCENARIO_LARGE_AMOUNT
     scenario[compromises.terminal_days[terminal, day]] = SCENARIO_COMPROMISED_TERMINAL
+    scenario[tested] = SCENARIO_CARD_TESTING
     return scenario
 
 
@@ -336,12 +366,12 @@ def _apply_fraud_scenarios(
     terminal: np.ndarray,
     day: np.ndarray,
     amount: np.ndarray,
-    config: SimulatorConfig,
+    tested: np.ndarray,
+    compromises: _Compromises,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scenarios 1 to 3 in order: (scenario of each transaction, amounts after scenario 3)."""
-    compromises = _draw_compromises(config, rng)
-    scenario = _amount_and_terminal_scenarios(amount, terminal, day, compromises)
+    scenario = _amount_and_terminal_scenarios(amount, terminal, day, tested, compromises)
     # Scenario 3: per event, a third of the customer's transactions in the next 14 days.
     chosen = _third_of_transactions_per_event(
         customer,
@@ -398,6 +428,120 @@ def _third_of_transactions_per_event(
     pool_start = np.cumsum(pool_size) - pool_size
     rank = np.arange(candidate.size) - pool_start[candidate_day]
     return candidate[rank < pool_size[candidate_day] // 3]
+
+
+# --- Drift ----------------------------------------------------------------------------------
+#
+# Everything the drift draws comes from a generator of its own (seeded with the seed and
+# DRIFT_STREAM), never from the book's generator: the book's draws, and so the days before the
+# drift and the whole table without drift, stay what they were. Card testing needs a random
+# number per transaction that both simulators give alike, whatever blocks they draw in: it is a
+# hash of the transaction's place in the drawing order (`_uniforms`), not a draw from a stream.
+
+DRIFT_STREAM = 0x6472_6966_74  # "drift": the drift generator's second seed word
+# At strength 1: 10 more terminals per 10,000 compromised a day, five times the book's 2.
+DRIFT_TERMINALS_PER_DAY_SHARE = 10 / 10_000
+# At strength 1: 6 cards per 5,000 card-tested a day, twice the book's scenario 3 (3 per 5,000).
+CARD_TESTING_CARDS_PER_DAY_SHARE = 6 / 5_000
+CARD_TESTING_DAYS = 14
+CARD_TESTING_SHARE = 0.5  # of a tested card's transactions in its window
+CARD_TESTING_AMOUNT = (0.5, 5.0)  # small amounts that check the card works
+NIGHT_END_S = 6 * 3_600  # card tests fall between midnight and 6 am
+AMOUNT_INFLATION_PER_WEEK = 0.10  # at strength 1, compounded week by week
+
+
+@dataclass(frozen=True)
+class _Drift:
+    """What changes from the simulated day ``day`` on, drawn once for the whole period."""
+
+    day: int
+    kind: str
+    strength: float
+    key: int  # of the per-transaction draws of card testing
+    terminal_days: np.ndarray | None  # (terminal, day): compromised by the wave
+    tested_days: np.ndarray | None  # (customer, day): inside a card-testing window
+
+
+def _drift_plan(config: SimulatorConfig) -> _Drift | None:
+    """The drift ``config`` asks for, or None (``drift_start`` empty)."""
+    if config.drift_day is None:
+        return None
+    assert config.drift_kind in DRIFT_KINDS  # SimulatorConfig checked it
+    rng = np.random.default_rng([config.seed, DRIFT_STREAM])
+    key = int(rng.integers(2**62))
+    day, days_after = config.drift_day, config.n_days - config.drift_day
+    terminal_days = tested_days = None
+    if config.drift_kind == "terminals":
+        share = DRIFT_TERMINALS_PER_DAY_SHARE * config.drift_strength
+        event_day, terminal = _compromise_events(config.n_terminals, share, days_after, rng)
+        terminal_days = _active_windows(
+            config.n_terminals, config.n_days, terminal, day + event_day, TERMINAL_COMPROMISE_DAYS
+        )
+    elif config.drift_kind == "scenario":
+        share = CARD_TESTING_CARDS_PER_DAY_SHARE * config.drift_strength
+        event_day, customer = _compromise_events(config.n_customers, share, days_after, rng)
+        tested_days = _active_windows(
+            config.n_customers, config.n_days, customer, day + event_day, CARD_TESTING_DAYS
+        )
+    return _Drift(day, config.drift_kind, config.drift_strength, key, terminal_days, tested_days)
+
+
+def _uniforms(key: int, counter: np.ndarray, streams: int) -> list[np.ndarray]:
+    """``streams`` arrays of numbers in [0, 1), one per counter value: splitmix64 hashes of
+    (key, counter, stream), so a transaction gets the same numbers in any block."""
+    base = counter.astype(np.uint64) * np.uint64(streams) + np.uint64(key)
+    numbers = []
+    with np.errstate(over="ignore"):  # the hash works modulo 2**64
+        for stream in range(streams):
+            z = base + np.uint64(stream + 1) * np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+            numbers.append((z >> np.uint64(11)).astype(np.float64) * 2.0**-53)
+    return numbers
+
+
+def _card_testing(
+    drift: _Drift | None,
+    customer: np.ndarray,
+    day: np.ndarray,
+    seconds: np.ndarray,
+    amount: np.ndarray,
+    draw_order: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Turn half the transactions of card-tested cards into small amounts at night.
+
+    Returns:
+        The transactions' seconds and amounts (copies where changed), and which are tests.
+    """
+    tested = np.zeros(customer.size, dtype=bool)
+    if drift is None or drift.tested_days is None or customer.size == 0:
+        return seconds, amount, tested
+    window = np.flatnonzero(drift.tested_days[customer, day])
+    pick, time_of_night, size = _uniforms(drift.key, draw_order[window], 3)
+    chosen = pick < CARD_TESTING_SHARE
+    rows = window[chosen]
+    tested[rows] = True
+    seconds, amount = seconds.copy(), amount.copy()
+    # Inside the same day (after midnight, as the book's times are): the day ranges hold.
+    seconds[rows] = day[rows].astype(np.int64) * SECONDS_PER_DAY + 1
+    seconds[rows] += (time_of_night[chosen] * (NIGHT_END_S - 1)).astype(np.int64)
+    low, high = CARD_TESTING_AMOUNT
+    amount[rows] = np.round(low + size[chosen] * (high - low), 2)
+    return seconds, amount, tested
+
+
+def _inflate_amounts(drift: _Drift | None, amount: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Amounts after inflation: x(1 + rate) in the drift's first week, x(1 + rate)^2 in the
+    second, and so on; labels were given before, on the amounts as they were."""
+    if drift is None or drift.kind != "amounts":
+        return amount
+    rows = np.flatnonzero(day >= drift.day)
+    weeks = (day[rows] - drift.day) // 7 + 1
+    rate = AMOUNT_INFLATION_PER_WEEK * drift.strength
+    amount = amount.copy()
+    amount[rows] = np.round(amount[rows] * (1 + rate) ** weeks, 2)
+    return amount
 
 
 # --- Large simulations, written chunk by chunk ----------------------------------------------
@@ -488,6 +632,7 @@ def write_transactions(
         raise ConfigError(f"chunk_rows must be at least 1, got {chunk_rows}")
     target = _new_parquet_file(path)
     rng = np.random.default_rng(config.seed)
+    drift = _drift_plan(config)
     customers = _customer_profiles(config.n_customers, rng)
     tree = cKDTree(rng.uniform(0, AREA_SIZE, size=(config.n_terminals, 2)))
     n_reachable = tree.query_ball_point(
@@ -504,7 +649,8 @@ def write_transactions(
         day_ranges.size - 1,
     )
     states = _pass_states(blocks, rng)
-    compromises = _draw_compromises(config, rng)  # where the in-memory simulator draws them
+    # Where the in-memory simulator draws them.
+    compromises = _draw_compromises(config, rng, drift)
     with tempfile.TemporaryDirectory(prefix=".simulation-", dir=target.parent) as scratch:
         spill = _Spill(Path(scratch), day_ranges)
         candidates = _spill_blocks(
@@ -512,7 +658,9 @@ def write_transactions(
         )
         chosen = _chosen_by_compromised_customers(candidates, compromises, rng)
         partial = Path(scratch) / "transactions.parquet"
-        transactions, frauds, row_groups = _write_sorted(spill, chosen, config.start_date, partial)
+        transactions, frauds, row_groups = _write_sorted(
+            spill, chosen, config.start_date, partial, drift
+        )
         os.replace(partial, target)
     return WrittenSimulation(target, transactions, frauds, row_groups, time.monotonic() - started)
 
@@ -645,14 +793,18 @@ def _spill_blocks(
         )
         customer, day = draws["customer"], draws["day"]
         terminal = terminal_ids[offsets[customer - block.first] + draws["pick"]]
+        # Ties in time and customer keep the order drawn, as the in-memory sort does.
+        draw_order = drawn + np.arange(customer.size, dtype=np.int64)
+        seconds, amount, tested = _card_testing(
+            compromises.drift, customer, day, draws["seconds"], draws["amount"], draw_order
+        )
         columns = {
-            # Ties in time and customer keep the order drawn, as the in-memory sort does.
-            "draw_order": drawn + np.arange(customer.size, dtype=np.int64),
-            "seconds": draws["seconds"],
+            "draw_order": draw_order,
+            "seconds": seconds,
             "customer": customer,
             "terminal": terminal,
-            "amount": draws["amount"],
-            "scenario": _amount_and_terminal_scenarios(draws["amount"], terminal, day, compromises),
+            "amount": amount,
+            "scenario": _amount_and_terminal_scenarios(amount, terminal, day, tested, compromises),
         }
         drawn += customer.size
         spill.write(index, day, columns)
@@ -688,7 +840,11 @@ def _chosen_by_compromised_customers(
 
 
 def _write_sorted(
-    spill: _Spill, chosen: tuple[np.ndarray, np.ndarray], start_date: str, path: Path
+    spill: _Spill,
+    chosen: tuple[np.ndarray, np.ndarray],
+    start_date: str,
+    path: Path,
+    drift: _Drift | None,
 ) -> tuple[int, int, int]:
     """Each day range in time order, numbered, with scenario 3 applied, as one row group of
     the Parquet file ``path``. Returns (transactions, frauds, row groups)."""
@@ -699,7 +855,7 @@ def _write_sorted(
     writer = None
     try:
         for part in spill.read():
-            frame = _numbered_frame(part, chosen, transactions, start_date)
+            frame = _numbered_frame(part, chosen, transactions, start_date, drift)
             table = pa.Table.from_pandas(frame, preserve_index=False)
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
@@ -711,7 +867,7 @@ def _write_sorted(
             writer.close()
     if writer is None:  # not one transaction: the table's columns, no rows
         empty = {name: np.empty(0, dtype=dtype) for name, dtype in _Spill.COLUMNS.items()}
-        frame = _numbered_frame(empty, chosen, 0, start_date)
+        frame = _numbered_frame(empty, chosen, 0, start_date, drift)
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
     return transactions, frauds, row_groups
 
@@ -721,12 +877,14 @@ def _numbered_frame(
     chosen: tuple[np.ndarray, np.ndarray],
     first_id: int,
     start_date: str,
+    drift: _Drift | None,
 ) -> pd.DataFrame:
     """One day range of spilled transactions as the in-memory table's rows ``first_id`` on."""
     order = _time_order(part["seconds"], part["customer"], part["draw_order"])
     part = {key: values[order] for key, values in part.items()}
     picked = _picked_positions(part["draw_order"], *chosen)
     amount = _multiply_compromised_amounts(part["amount"], picked)
+    amount = _inflate_amounts(drift, amount, part["seconds"] // SECONDS_PER_DAY)
     scenario = part["scenario"]
     scenario[picked] = SCENARIO_COMPROMISED_CUSTOMER
     ids = first_id + np.arange(scenario.size, dtype=np.int64)
@@ -784,6 +942,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         default=defaults.radius,
         help="Distance within which a customer uses terminals (default %(default)s).",
     )
+    _add_drift_arguments(parser, defaults)
     parser.add_argument(
         "--chunk-rows",
         type=int,
@@ -795,6 +954,17 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     if arguments.transactions is not None and population != (None, None):
         parser.error("--transactions sets the population: leave out --n-customers, --n-terminals")
     return arguments
+
+
+def _add_drift_arguments(parser: argparse.ArgumentParser, defaults: SimulatorConfig) -> None:
+    fields = {item.name: item for item in dataclasses.fields(SimulatorConfig)}
+    for name, kind in (("drift_start", str), ("drift_kind", str), ("drift_strength", float)):
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(defaults, name),
+            help=fields[name].metadata["help"] + " (default %(default)r)",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -809,6 +979,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "start_date": arguments.start_date,
         "seed": arguments.seed,
         "radius": arguments.radius,
+        "drift_start": arguments.drift_start,
+        "drift_kind": arguments.drift_kind,
+        "drift_strength": arguments.drift_strength,
     }
     try:
         if arguments.transactions is not None:

@@ -43,7 +43,13 @@ def load_transactions(config: DataConfig) -> Transactions:
 def simulator_source(config: DataConfig) -> str:
     """How simulated data is named in lineage: the generator and its settings."""
     simulator = config.simulator()
-    return (
+    source = (
         f"simulator:n_customers={simulator.n_customers},n_terminals={simulator.n_terminals},"
         f"n_days={simulator.n_days},start_date={simulator.start_date},seed={simulator.seed}"
     )
+    if simulator.drift_day is not None:  # without drift, the name it always had
+        source += (
+            f",drift_start={simulator.drift_start},drift_kind={simulator.drift_kind},"
+            f"drift_strength={simulator.drift_strength:g}"
+        )
+    return source
