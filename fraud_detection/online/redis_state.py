@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from fraud_detection.errors import PipelineError
+from fraud_detection.online.errors import OrderConflictError
 from fraud_detection.online.features import OnlineRecipe
 from fraud_detection.online.requests import Label, RawTransaction
 from fraud_detection.online.state import (
@@ -209,6 +210,33 @@ class RedisState(OnlineState):
         self._closing = False
 
     def record(self, transactions: Sequence[RawTransaction]) -> list[Observation]:
+        answer = self.record_many([transactions])[0]
+        if isinstance(answer, OrderConflictError):
+            raise answer
+        return answer
+
+    def record_many(
+        self, requests: Sequence[Sequence[RawTransaction]]
+    ) -> list[list[Observation] | OrderConflictError]:
+        """Record several requests in one round trip: one script each, run in this order (each
+        atomic, as ``record``); per request, what it saw or why it was refused."""
+        pipeline = self._redis.pipeline(transaction=False)
+        for transactions in requests:
+            self._record(args=self._record_arguments(transactions), client=pipeline)
+        answers = pipeline.execute()
+        with self._queue:  # retries of transactions whose features are still queued here
+            pending = [[self._pending.get(t.key) for t in r] for r in requests]
+        results: list[list[Observation] | OrderConflictError] = []
+        for transactions, answer, queued in zip(requests, answers, pending, strict=True):
+            if answer and answer[0] == "conflict":
+                results.append(conflict(int(answer[1]), answer[2]))
+            else:
+                results.append(
+                    [_observation(*a) for a in zip(transactions, answer, queued, strict=True)]
+                )
+        return results
+
+    def _record_arguments(self, transactions: Sequence[RawTransaction]) -> list[Any]:
         arguments: list[Any] = [
             self.prefix,
             self.recipe.card_lookback,
@@ -223,14 +251,7 @@ class RedisState(OnlineState):
                 transaction.terminal,
                 repr(transaction.amount),
             ]
-        answer = self._record(args=arguments)
-        if answer and answer[0] == "conflict":
-            raise conflict(int(answer[1]), answer[2])
-        with self._queue:  # a retry of a transaction whose features are still queued here
-            pending = [self._pending.get(t.key) for t in transactions]
-        return [
-            _observation(t, a, p) for t, a, p in zip(transactions, answer, pending, strict=True)
-        ]
+        return arguments
 
     def remember(self, features: Mapping[str, Features]) -> None:
         """Queue the features: a thread of this state writes the queue, whole, in one script call
