@@ -51,6 +51,7 @@ _LOAD_BATCH = 2_000
 _LOADING_LOCK_SECONDS = 600
 SEPARATOR = "\x1e"  # ASCII record separator: Lua's '\30'
 _CLOSE_WAIT_SECONDS = 10.0
+_WRITE_EVERY_SECONDS = 0.005  # the features queued for retries are written this often, at most
 # The entries of one list joined by SEPARATOR, read in C: (seconds, amount) / (seconds, key).
 _CARD_ENTRY = re.compile(r"(-?\d+)\|[^\x1e]*\|([^|\x1e]*)")
 _TERMINAL_ENTRY = re.compile(r"(-?\d+)\|([^\x1e]*)")
@@ -277,6 +278,9 @@ class RedisState(OnlineState):
                     self._queue.wait()
                 if not self._pending:
                     return
+            if not self._closing:
+                time.sleep(_WRITE_EVERY_SECONDS)  # let the queue fill: fewer wake-ups, calls
+            with self._queue:
                 batch = dict(self._pending)  # kept in the queue until written: still readable
             try:
                 self._remember(args=[self.prefix, *(x for item in batch.items() for x in item)])
