@@ -4,7 +4,9 @@ Each request's update is one Lua script, which Redis runs atomically: it checks 
 request (retries, time order against the stored latest entries and the request's own earlier
 transactions), then appends, prunes and returns what each transaction saw. Two workers can
 therefore not interleave the updates of one card or terminal, and their answers are those of a
-single worker taking the requests in the order Redis ran them.
+single worker taking the requests in the order Redis ran them. ``record_many`` sends several
+requests' scripts in one round trip; the features kept for retries are queued and written by a
+thread of the state (``remember``), in one script call for all that are waiting.
 
 Keys (``prefix`` = ``fraud-online:`` by default)::
 
