@@ -488,7 +488,8 @@ async def _raw_client(
             await reader.readexactly(length)
             outcome["latencies"].append(time.perf_counter() - started)
             status = int(head.split(b" ", 2)[1])
-            # 409: two clients sent one card's transactions out of order (a real answer).
+            # 409: two clients sent one card's transactions out of order: the order rule's
+            # real answer, counted (``*_conflicts``), not routed away (docs/serving.md).
             if status not in (200, 409):
                 raise RuntimeError(f"HTTP {status} from port {port}")
             outcome["conflicts"] += status == 409

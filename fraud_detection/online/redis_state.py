@@ -4,7 +4,9 @@ Each request's update is one Lua script, which Redis runs atomically: it checks 
 request (retries, time order against the stored latest entries and the request's own earlier
 transactions), then appends, prunes and returns what each transaction saw. Two workers can
 therefore not interleave the updates of one card or terminal, and their answers are those of a
-single worker taking the requests in the order Redis ran them.
+single worker taking the requests in the order Redis ran them. ``record_many`` sends several
+requests' scripts in one round trip; the features kept for retries are queued and written by a
+thread of the state (``remember``), in one script call for all that are waiting.
 
 Keys (``prefix`` = ``fraud-online:`` by default)::
 
@@ -23,12 +25,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from fraud_detection.errors import PipelineError
+from fraud_detection.online.errors import OrderConflictError
 from fraud_detection.online.features import OnlineRecipe
 from fraud_detection.online.requests import Label, RawTransaction
 from fraud_detection.online.state import (
@@ -47,6 +52,11 @@ _FIELDS_PER_TRANSACTION = 5
 _LOAD_BATCH = 2_000
 _LOADING_LOCK_SECONDS = 600
 SEPARATOR = "\x1e"  # ASCII record separator: Lua's '\30'
+_CLOSE_WAIT_SECONDS = 10.0
+_WRITE_EVERY_SECONDS = 0.005  # the features queued for retries are written this often, at most
+# The entries of one list joined by SEPARATOR, read in C: (seconds, amount) / (seconds, key).
+_CARD_ENTRY = re.compile(r"(-?\d+)\|[^\x1e]*\|([^|\x1e]*)")
+_TERMINAL_ENTRY = re.compile(r"(-?\d+)\|([^\x1e]*)")
 
 # Shared by both scripts: bytewise "a < b" (Lua's own string comparison follows the locale).
 _LUA_HELPERS = """
@@ -197,8 +207,39 @@ class RedisState(OnlineState):
         self._record = self._redis.register_script(_RECORD)
         self._feedback = self._redis.register_script(_FEEDBACK)
         self._remember = self._redis.register_script(_REMEMBER)
+        self._pending: dict[str, str] = {}  # order key -> features JSON, not yet written
+        self._queue = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._closing = False
 
     def record(self, transactions: Sequence[RawTransaction]) -> list[Observation]:
+        answer = self.record_many([transactions])[0]
+        if isinstance(answer, OrderConflictError):
+            raise answer
+        return answer
+
+    def record_many(
+        self, requests: Sequence[Sequence[RawTransaction]]
+    ) -> list[list[Observation] | OrderConflictError]:
+        """Record several requests in one round trip: one script each, run in this order (each
+        atomic, as ``record``); per request, what it saw or why it was refused."""
+        pipeline = self._redis.pipeline(transaction=False)
+        for transactions in requests:
+            self._record(args=self._record_arguments(transactions), client=pipeline)
+        answers = pipeline.execute()
+        with self._queue:  # retries of transactions whose features are still queued here
+            pending = [[self._pending.get(t.key) for t in r] for r in requests]
+        results: list[list[Observation] | OrderConflictError] = []
+        for transactions, answer, queued in zip(requests, answers, pending, strict=True):
+            if answer and answer[0] == "conflict":
+                results.append(conflict(int(answer[1]), answer[2]))
+            else:
+                results.append(
+                    [_observation(*a) for a in zip(transactions, answer, queued, strict=True)]
+                )
+        return results
+
+    def _record_arguments(self, transactions: Sequence[RawTransaction]) -> list[Any]:
         arguments: list[Any] = [
             self.prefix,
             self.recipe.card_lookback,
@@ -213,20 +254,55 @@ class RedisState(OnlineState):
                 transaction.terminal,
                 repr(transaction.amount),
             ]
-        answer = self._record(args=arguments)
-        if answer and answer[0] == "conflict":
-            raise conflict(int(answer[1]), answer[2])
-        return [_observation(t, a) for t, a in zip(transactions, answer, strict=True)]
+        return arguments
 
     def remember(self, features: Mapping[str, Features]) -> None:
-        arguments: list[Any] = [self.prefix]
-        for key, values in features.items():
-            arguments += [key, json.dumps(values)]
-        if len(arguments) > 1:
-            self._remember(args=arguments)
+        """Queue the features: a thread of this state writes the queue, whole, in one script call
+        (a call per request cost a round trip each on the request's path, and Redis time).
+        Until written they are read from the queue here; another worker's retry waits for them
+        (``OnlineService``), as it waits for a worker still scoring."""
+        with self._queue:
+            for key, values in features.items():
+                self._pending[key] = json.dumps(values)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_pending, name="online-remember", daemon=True
+                )
+                self._writer.start()
+            self._queue.notify()
+
+    def _write_pending(self) -> None:
+        import redis
+
+        while True:
+            with self._queue:
+                while not self._pending and not self._closing:
+                    self._queue.wait()
+                if not self._pending:
+                    return
+            if not self._closing:
+                time.sleep(_WRITE_EVERY_SECONDS)  # let the queue fill: fewer wake-ups, calls
+            with self._queue:
+                batch = dict(self._pending)  # kept in the queue until written: still readable
+            try:
+                self._remember(args=[self.prefix, *(x for item in batch.items() for x in item)])
+            except redis.RedisError as error:
+                logger.warning(
+                    "could not keep the features of %d transactions (their retries will be "
+                    "refused): %s",
+                    len(batch),
+                    error,
+                )
+            with self._queue:
+                for key, stored in batch.items():
+                    if self._pending.get(key) is stored:
+                        del self._pending[key]
 
     def recorded_features(self, key: str) -> Features | None:
-        stored = self._redis.hget(self.prefix + "tx:" + key, "f")
+        with self._queue:
+            stored = self._pending.get(key)
+        if stored is None:
+            stored = self._redis.hget(self.prefix + "tx:" + key, "f")
         return tuple(json.loads(stored)) if stored else None
 
     def feedback(self, labels: Sequence[Label]) -> None:
@@ -290,24 +366,31 @@ class RedisState(OnlineState):
         return None
 
     def close(self) -> None:
+        """Write the queued features, then release the connections."""
+        with self._queue:
+            self._closing = True
+            self._queue.notify()
+        if self._writer is not None:
+            self._writer.join(_CLOSE_WAIT_SECONDS)
         self._redis.close()
 
 
-def _observation(transaction: RawTransaction, answer: Sequence[Any]) -> Observation:
+def _observation(
+    transaction: RawTransaction, answer: Sequence[Any], pending: str | None = None
+) -> Observation:
+    """One transaction's part of the record script's answer; ``pending``: its features still
+    queued in this worker, if any."""
     if answer[0] == "dup":
-        stored = answer[1]
+        stored = answer[1] or pending
         return Observation(
             transaction, duplicate=True, features=tuple(json.loads(stored)) if stored else None
         )
-    card_entries, terminal_entries, flat_labels = (
-        text.split(SEPARATOR) if text else [] for text in answer[1:4]
-    )
+    card_text, terminal_text, labels_text = answer[1:4]
+    flat_labels = labels_text.split(SEPARATOR) if labels_text else []
     labels = dict(zip(flat_labels[::2], flat_labels[1::2], strict=True))
-    card = []
-    for entry in card_entries:
-        card.append((int(entry.partition("|")[0]), float(entry.rpartition("|")[2])))
-    terminal = []
-    for entry in terminal_entries:
-        seconds, _, key = entry.partition("|")
-        terminal.append((int(seconds), int(labels.get(key, "0"))))
+    card = [(int(seconds), float(amount)) for seconds, amount in _CARD_ENTRY.findall(card_text)]
+    terminal = [
+        (int(seconds), int(labels.get(key, "0")))
+        for seconds, key in _TERMINAL_ENTRY.findall(terminal_text)
+    ]
     return Observation(transaction, duplicate=False, card=card, terminal=terminal)

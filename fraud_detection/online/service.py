@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -52,6 +53,8 @@ T = TypeVar("T")
 
 # A retry that reaches another worker while the first is still scoring waits this long (Redis).
 _PENDING_WAIT_SECONDS = 2.0
+# The thread calling Redis: one round trip at a time, carrying every request queued meanwhile.
+_STATE_THREADS = 1
 
 
 class OnlineService:
@@ -74,6 +77,10 @@ class OnlineService:
         self.unavailable = unavailable
         self.counts: dict[tuple[str, str], int] = {}
         self._checked: ServedModel | None = None  # the last model whose recipe matched
+        self._threads: ThreadPoolExecutor | None = None  # the Redis calls' (started when needed)
+        self._queued: list[tuple[Sequence[RawTransaction], asyncio.Future]] = []
+        self._recording = False  # a task records the queued requests
+        self._recorder: asyncio.Task | None = None
 
     async def score(self, body: bytes, model: ServedModel) -> bytes:
         """Answer a ``POST /transactions`` body (JSON bytes).
@@ -85,19 +92,19 @@ class OnlineService:
         try:
             request = parse_transactions(body, self.columns)
             reasons = requested_reasons(request.params, model)
-            observations = await self._io(state.record, request.transactions)
+            observations = await self._record(state, request.transactions)
         except (OnlineError, RequestError):
             self._count("transactions", "refused")
             raise
-        vectors = [await self._features(observation, state) for observation in observations]
-        await self._io(
-            state.remember,
-            {
-                o.transaction.key: v
-                for o, v in zip(observations, vectors, strict=True)
-                if not o.duplicate
-            },
-        )
+        computed = {
+            o.transaction.key: _vector(o, state.recipe) for o in observations if not o.duplicate
+        }
+        if computed:
+            state.remember(computed)  # Redis: queued, written by the state's own thread
+        vectors = [
+            await self._recorded_features(o, state) if o.duplicate else computed[o.transaction.key]
+            for o in observations
+        ]
         for observation in observations:
             self._count("transactions", "duplicate" if observation.duplicate else "scored")
         predictions = score_rows(model, np.array(vectors, dtype=np.float64), reasons)
@@ -136,14 +143,44 @@ class OnlineService:
         requests/s at concurrency 8 with the waits on the loop, bench/serving.py)."""
         if self.state is None or not self.state.remote:
             return call(*args)
-        return await asyncio.to_thread(call, *args)
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(_STATE_THREADS, thread_name_prefix="online-state")
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call, *args)
 
-    async def _features(self, observation: Observation, state: OnlineState) -> Features:
-        if not observation.duplicate:
-            features = transaction_features(
-                observation.transaction, observation.card, observation.terminal, state.recipe
-            )
-            return tuple(feature_vector(features, state.recipe))
+    async def _record(
+        self, state: OnlineState, transactions: Sequence[RawTransaction]
+    ) -> list[Observation]:
+        """``state.record``; over the network, the requests waiting meanwhile go together in one
+        round trip (``record_many``) from a thread, so that the event loop answers others."""
+        if not state.remote:
+            return state.record(transactions)
+        future: asyncio.Future[list[Observation]] = asyncio.get_running_loop().create_future()
+        self._queued.append((transactions, future))
+        if not self._recording:
+            self._recording = True
+            self._recorder = asyncio.create_task(self._record_queued(state))
+        return await future
+
+    async def _record_queued(self, state: OnlineState) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    answers = await self._io(state.record_many, [t for t, _ in batch])
+                except Exception as error:  # noqa: BLE001 (re-raised in each waiting request)
+                    for _, future in batch:
+                        future.set_exception(error)
+                    continue
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    if isinstance(answer, OrderConflictError):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+        finally:
+            self._recording = False
+
+    async def _recorded_features(self, observation: Observation, state: OnlineState) -> Features:
+        """A duplicate's features, recorded the first time (perhaps by another worker)."""
         features = observation.features
         deadline = time.monotonic() + _PENDING_WAIT_SECONDS
         while features is None and time.monotonic() < deadline:
@@ -172,8 +209,17 @@ class OnlineService:
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:
+        if self._threads is not None:
+            self._threads.shutdown()
         if self.state is not None:
             self.state.close()
+
+
+def _vector(observation: Observation, recipe: OnlineRecipe) -> Features:
+    features = transaction_features(
+        observation.transaction, observation.card, observation.terminal, recipe
+    )
+    return tuple(feature_vector(features, recipe))
 
 
 def score_rows(model: ServedModel, values: np.ndarray, reasons: int = 0) -> dict[str, Any]:

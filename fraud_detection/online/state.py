@@ -70,6 +70,19 @@ class OnlineState(ABC):
                 nothing was recorded.
         """
 
+    def record_many(
+        self, requests: Sequence[Sequence[RawTransaction]]
+    ) -> list[list[Observation] | OrderConflictError]:
+        """Record several requests in this order, each all or nothing; per request, what it saw
+        or why it was refused (a backend over the network does it in one round trip)."""
+        results: list[list[Observation] | OrderConflictError] = []
+        for transactions in requests:
+            try:
+                results.append(self.record(transactions))
+            except OrderConflictError as error:
+                results.append(error)
+        return results
+
     @abstractmethod
     def remember(self, features: Mapping[str, Features]) -> None:
         """Keep the features computed for new transactions (by ``order_key``), for retries."""

@@ -133,3 +133,28 @@ def test_a_warm_start_is_counted_and_its_ids_answer_retries(state):
     assert features["CUSTOMER_ID_NB_TX_30DAY_WINDOW"] == 3
     assert features["TERMINAL_ID_NB_TX_1DAY_WINDOW"] == 1
     assert features["TERMINAL_ID_RISK_1DAY_WINDOW"] == 1.0
+
+
+def test_requests_recorded_together_keep_their_order_and_each_is_all_or_nothing(state):
+    first, late, third = [tx(1, 5_000)], [tx(2, 4_000, terminal=2)], [tx(3, 6_000, terminal=3)]
+    answers = state.record_many([first, late, third])
+    assert isinstance(answers[1], OrderConflictError)  # earlier than request 1 on its card
+    assert [o.transaction.id for o in answers[0]] == [1]
+    assert [o.transaction.id for o in answers[2]] == [3]
+    assert [entry[0] for entry in answers[2][0].card] == [5_000]  # saw the first, not the late
+    assert state.record([tx(2, 7_000, terminal=2)])[0].card[-1][0] == 6_000
+
+
+def test_features_kept_for_retries_are_read_at_once_and_reach_another_worker(state, recipe):
+    features = features_of(state, tx(1, 1_000, amount=20.0))
+    expected = tuple(features[n] for n in recipe.features)
+    assert state.recorded_features(tx(1, 1_000).key) == expected
+    if not state.remote:
+        return
+    from fraud_detection.online.redis_state import RedisState
+
+    state.close()  # writes what is queued
+    other = RedisState(state.url, recipe)
+    assert other.recorded_features(tx(1, 1_000).key) == expected
+    assert other.record([tx(1, 1_000, amount=20.0)])[0].features == expected
+    other.close()
