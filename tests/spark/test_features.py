@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytest.importorskip("pyspark", reason='the Spark engine needs PySpark: pip install -e ".[spark]"')
+
 from fraud_detection.config import ConfigError, DataConfig, FeatureWindows, TransactionColumns
 from fraud_detection.data import features as pandas_features
 from fraud_detection.data.schema import DAY_COLUMN

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+pytest.importorskip("pyspark", reason='the Spark engine needs PySpark: pip install -e ".[spark]"')
+
 from fraud_detection.config import DataConfig, TransactionColumns
 from fraud_detection.data.schema import DAY_COLUMN
 from fraud_detection.data.transactions import load_transactions as pandas_load

@@ -7,6 +7,8 @@ import time
 import pandas as pd
 import pytest
 
+pytest.importorskip("pyspark", reason='the Spark engine needs PySpark: pip install -e ".[spark]"')
+
 from fraud_detection.config import DataConfig, SplitConfig, TransactionColumns
 from fraud_detection.data import split as pandas_split
 from fraud_detection.data.schema import DAY_COLUMN
