@@ -7,7 +7,6 @@ test_server_process.py (slow).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -41,47 +40,11 @@ from fraud_detection.serving.follower import (
     registry_target,
 )
 from serve import COMMANDS
+from tests.support.asgi import call
 from tests.support.pipeline import MODEL_NAME, TwoVersionStore, tiny_simulation
 
 CHAMPION = f"models:/{MODEL_NAME}@champion"
 JSON_HEADERS = [("content-type", "application/json")]
-
-
-def call(
-    app, method: str, path: str, body: bytes = b"", headers: list[tuple[str, str]] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP request through the ASGI interface: (status, headers, body)."""
-
-    async def run() -> tuple[int, dict[str, str], bytes]:
-        incoming = [{"type": "http.request", "body": body, "more_body": False}]
-        sent: list[dict] = []
-
-        async def receive() -> dict:
-            return incoming.pop(0) if incoming else {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(k.encode(), v.encode()) for k, v in headers or []],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8080),
-        }
-        await app(scope, receive, send)
-        start = next(m for m in sent if m["type"] == "http.response.start")
-        content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, content
-
-    return asyncio.run(run())
 
 
 @pytest.fixture(scope="module")

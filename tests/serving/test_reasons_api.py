@@ -27,7 +27,8 @@ from fraud_detection.serving.batch import check_reasons
 from fraud_detection.serving.fast_path import SMALL_BATCH_ROWS
 from fraud_detection.serving.follower import ModelFollower, ServedModel, requested_reasons
 from fraud_detection.serving.protocol import InputColumn, InputSchema, RequestError
-from tests.serving.test_api import JSON_HEADERS, call
+from tests.serving.test_api import JSON_HEADERS
+from tests.support.asgi import call
 from tests.support.pipeline import MODEL_NAME, TwoVersionStore, tiny_simulation
 from tests.support.reasons import assert_reasons_agree, contributions_tolerance
 

@@ -31,7 +31,7 @@ from fraud_detection.serving.webhooks import (
     verify_delivery,
 )
 from serve import COMMANDS
-from tests.serving.test_api import call
+from tests.support.asgi import call
 from tests.support.pipeline import MODEL_NAME
 
 CHAMPION = f"models:/{MODEL_NAME}@champion"

@@ -9,7 +9,6 @@ the whole table (every label) and the model on its rows.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from fraud_detection.config import TransactionColumns
 from fraud_detection.data.features import add_features
 from fraud_detection.online.features import OnlineRecipe
 from fraud_detection.serving.follower import ModelFollower
+from tests.support.asgi import call as asgi_call
 from tests.support.pipeline import MODEL_NAME, TwoVersionStore
 
 COLUMNS = TransactionColumns()
@@ -53,38 +53,9 @@ def served_version(store: TwoVersionStore, version: int) -> Iterator[ModelFollow
 
 
 def call(app: Any, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-    """One request through the ASGI interface: (status, body)."""
-
-    async def run() -> tuple[int, bytes]:
-        incoming = [{"type": "http.request", "body": body, "more_body": False}]
-        sent: list[dict] = []
-
-        async def receive() -> dict:
-            return incoming.pop(0) if incoming else {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"application/json")],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8080),
-        }
-        await app(scope, receive, send)
-        start = next(m for m in sent if m["type"] == "http.response.start")
-        content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return start["status"], content
-
-    return asyncio.run(run())
+    """One JSON request through the ASGI interface: (status, body)."""
+    status, _, content = asgi_call(app, method, path, body, [("content-type", "application/json")])
+    return status, content
 
 
 def transaction_json(row: Any) -> dict[str, Any]:
