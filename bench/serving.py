@@ -74,6 +74,18 @@ GOALS = {  # the targets of the serving issue: (ratio, comparison, bound)
 # --- load generator: keep-alive HTTP/1.1 over asyncio streams, bounded in count and time -------
 
 
+async def _read_response(reader: asyncio.StreamReader) -> bytes:
+    """Read one HTTP/1.1 response (head and Content-Length body); return its head."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await reader.readexactly(length)
+    return head
+
+
 def _http_request(path: str, body: bytes, port: int) -> bytes:
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
@@ -91,13 +103,7 @@ async def _client(
             budget[0] -= 1
             started = time.perf_counter()
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            await reader.readexactly(length)
+            head = await _read_response(reader)
             latencies.append(time.perf_counter() - started)
             status = int(head.split(b" ", 2)[1])
             if status != 200:
@@ -479,13 +485,7 @@ async def _raw_client(
             budget[0] -= 1
             started = time.perf_counter()
             writer.write(_http_request("/transactions", body, port))
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            await reader.readexactly(length)
+            head = await _read_response(reader)
             outcome["latencies"].append(time.perf_counter() - started)
             status = int(head.split(b" ", 2)[1])
             # 409: two clients sent one card's transactions out of order: the order rule's
