@@ -9,10 +9,6 @@ changes on purpose, the default run's figures (bench/results/default_run.json) c
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
-import pandas as pd
 import pytest
 
 from fraud_detection.config import DataConfig, SplitConfig
@@ -24,6 +20,7 @@ from fraud_detection.data.windows import (
     prepare_data,
     training_windows,
 )
+from tests.support.digest import frame_digest
 
 # The model's input columns, in order, as every registered model of the template has them.
 DEFAULT_FEATURE_NAMES = (
@@ -66,16 +63,6 @@ DEFAULT_ROWS = {
 DEFAULT_FEATURES_DIGEST = "5ebe7fc72fdeead7"  # TRANSACTION_ID and the 18 features, every row
 
 
-def _digest(frame: pd.DataFrame) -> str:
-    """Every bit of every column (name, dtype, values), independent of pandas' own hashing."""
-    digest = hashlib.sha256()
-    for name in frame.columns:
-        values = np.ascontiguousarray(frame[name].to_numpy())
-        digest.update(f"{name}:{values.dtype}:".encode())
-        digest.update(values.tobytes())
-    return digest.hexdigest()[:16]
-
-
 @pytest.fixture(scope="module")
 def default_data() -> PreparedData:
     return prepare_data(DataConfig(), SplitConfig())
@@ -89,7 +76,7 @@ def test_the_default_feature_names_are_those_of_every_model():
 def test_the_default_features_are_bit_for_bit_those_of_before(default_data):
     assert len(default_data.table) == 879_618
     table = default_data.table[["TRANSACTION_ID", *FEATURE_COLUMNS]]
-    assert _digest(table) == DEFAULT_FEATURES_DIGEST
+    assert frame_digest(table) == DEFAULT_FEATURES_DIGEST
 
 
 def test_the_default_split_is_the_one_of_before(default_data):
@@ -104,4 +91,4 @@ def test_the_default_split_is_the_one_of_before(default_data):
             for name in ("validation", "test")
         },
     }
-    assert {name: (len(rows), _digest(rows)) for name, rows in found.items()} == DEFAULT_ROWS
+    assert {name: (len(rows), frame_digest(rows)) for name, rows in found.items()} == DEFAULT_ROWS

@@ -5,7 +5,6 @@ the chunked writer."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import numpy as np
 import pandas as pd
@@ -22,21 +21,13 @@ from fraud_detection.data.simulator import (
     write_transactions,
 )
 from fraud_detection.data.transactions import simulator_source
+from tests.support.digest import frame_digest
 
 QUIET = SimulatorConfig(n_customers=500, n_terminals=1_000, n_days=60, seed=3)
 DRIFT_START = "2018-05-01"  # day 30 of QUIET
 # (rows, digest) of QUIET's table, taken with the simulator before drift existed (main at
 # 781efa1): drift settings that are off must not move one bit of it.
 QUIET_ROWS, QUIET_DIGEST = 55_317, "7ea8fd983c78ea6e"
-
-
-def _digest(frame: pd.DataFrame) -> str:
-    digest = hashlib.sha256()
-    for name in frame.columns:
-        values = np.ascontiguousarray(frame[name].to_numpy())
-        digest.update(f"{name}:{values.dtype}:".encode())
-        digest.update(values.tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _drifted(kind: str, strength: float = 1.0, start: str = DRIFT_START) -> SimulatorConfig:
@@ -59,8 +50,8 @@ def test_no_drift_start_is_the_books_data_bit_for_bit(quiet, kind):
     config = dataclasses.replace(QUIET, drift_kind=kind, drift_strength=3.0)
     assert config.drift_day is None
     table = simulate_transactions(config)
-    assert (len(table), _digest(table)) == (QUIET_ROWS, QUIET_DIGEST)
-    assert (len(quiet), _digest(quiet)) == (QUIET_ROWS, QUIET_DIGEST)
+    assert (len(table), frame_digest(table)) == (QUIET_ROWS, QUIET_DIGEST)
+    assert (len(quiet), frame_digest(quiet)) == (QUIET_ROWS, QUIET_DIGEST)
 
 
 @pytest.mark.parametrize("kind", ["terminals", "scenario", "amounts"])
