@@ -99,19 +99,6 @@ def test_final_booster_is_checkpointed(experiment):
     assert files == ["checkpoints/booster_20.ubj", "checkpoints/booster_40.ubj"]
 
 
-@pytest.mark.slow
-def test_the_default_train_step_writes_a_checkpoint(experiment):
-    """The default run exercises the checkpoint path: its model keeps more rounds than
-    ``checkpoint_every`` (about 100 against 50)."""
-    train(TrainConfig())
-    run = latest_run("train")
-    rounds = int(run.data.params["best_rounds"])
-    every = ModelConfig().checkpoint_every
-    assert rounds > every, f"the default model keeps {rounds} rounds: no checkpoint"
-    files = sorted(a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoints"))
-    assert files == [f"checkpoints/booster_{n}.ubj" for n in range(every, rounds, every)]
-
-
 def test_system_metrics_are_logged(experiment, monkeypatch):
     # MLflow samples every 10 s by default; the test run lasts about two.
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
