@@ -1,7 +1,8 @@
 """The whole pipeline (`mlflow run`, `main`, small data) against every tracking backend the
-README names, each ending with `models:/fraud-detector@champion` loaded and scoring.
+README names, each ending with `models:/fraud-detector@champion` loaded and scoring. (The
+default store, no tracking URI, is tests/steps/test_pipeline.py's: its run is the one those tests
+read.)
 
-- the default: no tracking URI, `mlflow.db` and `mlruns/` in the working directory;
 - a file store (`MLFLOW_ALLOW_FILE_STORE=true`);
 - deploy/dev-server.sh: `mlflow server` over HTTP, SQLite, artifacts in a local folder;
 - deploy/production-server.sh: PostgreSQL, S3 (the moto server), basic auth, allowed hosts;
@@ -47,22 +48,6 @@ class Backend:
 
 def _artifact_files(client: MlflowClient, experiment_id: str) -> Path:
     return Path(client.get_experiment(experiment_id).artifact_location.removeprefix("file://"))
-
-
-def _default_store(tmp_path: Path, _: pytest.FixtureRequest, __: ExitStack) -> Backend:
-    project = copy_project(tmp_path / "project")
-
-    def check(client: MlflowClient, experiment_id: str) -> None:
-        assert (project / "mlflow.db").is_file()
-        artifacts = _artifact_files(client, experiment_id)
-        assert artifacts.is_relative_to(project / "mlruns")
-        assert any(artifacts.rglob("MLmodel"))
-        # deploy/dev-server.sh started in the clone serves that same store (the README says so).
-        with dev_server(project) as server:
-            assert_champion_scores(server.url)
-
-    # Exactly the README's command: `mlflow run .` from the clone, no experiment given.
-    return Backend(project, None, f"sqlite:///{project / 'mlflow.db'}", check, launcher_args=())
 
 
 def _file_store(tmp_path: Path, _: pytest.FixtureRequest, __: ExitStack) -> Backend:
@@ -116,7 +101,6 @@ def _production(proxied: bool) -> Callable[[Path, pytest.FixtureRequest, ExitSta
 
 
 BACKENDS = {
-    "default-sqlite": _default_store,
     "file-store": _file_store,
     "dev-server": _dev_server,
     "production-proxied": _production(proxied=True),

@@ -31,6 +31,7 @@ from tests.support.processes import (
     mlflow_run,
     post_json,
 )
+from tests.support.services import dev_server
 
 pytestmark = pytest.mark.slow
 
@@ -39,18 +40,21 @@ pytestmark = pytest.mark.slow
 def pipeline_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Path, str, subprocess.CompletedProcess]]:
-    """A copy of the project, a tracking store where `mlflow run` ran its main entry point, and
-    what the command printed."""
-    root = tmp_path_factory.mktemp("e2e")
-    project = copy_project(root / "project")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    client.create_experiment("fraud-detection", artifact_location=(root / "artifacts").as_uri())
+    """A copy of the project where `mlflow run .` ran its main entry point as the README runs
+    it (from the clone, no tracking URI: MLflow's default store, ``./mlflow.db``), the store's
+    URI, and what the command printed. (tests/integration/test_backends.py runs the same
+    pipeline against the other stores.)"""
+    project = copy_project(tmp_path_factory.mktemp("e2e") / "project")
     result = mlflow_run(
-        project, mlflow_environment(uri), "--experiment-name", "fraud-detection", **SMALL_RUN
+        ".",
+        mlflow_environment(None),
+        "--experiment-name",
+        "fraud-detection",
+        cwd=project,
+        **SMALL_RUN,
     )
     assert_succeeded(result)
-    yield project, uri, result
+    yield project, f"sqlite:///{project / 'mlflow.db'}", result
     mlflow.set_tracking_uri(None)
 
 
@@ -64,6 +68,19 @@ def test_mlflow_run_ends_with_a_champion_that_scores(pipeline_store):
     _, uri = pipeline_store
     assert_pipeline_finished(MlflowClient(tracking_uri=uri))
     assert_champion_scores(uri)
+
+
+def test_the_default_store_is_the_clones_and_the_dev_server_serves_it(pipeline_store):
+    project, uri = pipeline_store
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("fraud-detection")
+    assert (project / "mlflow.db").is_file()
+    artifacts = Path(experiment.artifact_location.removeprefix("file://"))
+    assert artifacts.is_relative_to(project / "mlruns")
+    assert any(artifacts.rglob("MLmodel"))
+    # deploy/dev-server.sh started in the clone serves that same store (the README says so).
+    with dev_server(project) as server:
+        assert_champion_scores(server.url)
 
 
 def test_the_run_prints_no_warning_a_user_cannot_act_on(pipeline_run):
