@@ -8,6 +8,10 @@ logs (``test_*``, ``champion_test_*``): the fraud metrics, and the classifier me
 model's decision from one aggregate of the confusion counts. They are logged with
 ``mlflow.log_metrics(..., model_id=...)``, linked to each model as on the pandas engine.
 
+The candidate's score reference for the monitor (``monitoring.reference``: the test window's
+score bins and alert rate) comes from two more aggregates of the persisted table
+(``score_reference``): Spark's quantile sketch for the bin edges, then the rows per bin.
+
 Plots: the feature importance (it needs no rows) and the mean absolute contribution of each
 feature (the reason codes' global view: one more column of the persisted table, averaged in
 the same aggregate pass). The curves (ROC, precision-recall, calibration, savings against the
@@ -42,6 +46,13 @@ from fraud_detection.modelling.evaluation import (
     score_champion,
 )
 from fraud_detection.modelling.metrics import CARD_PRECISION_K
+from fraud_detection.monitoring.drift import BinnedDistribution
+from fraud_detection.monitoring.reference import (
+    ScoreReference,
+    edges_from_quantiles,
+    quantile_levels,
+    shares_from_tail_counts,
+)
 from fraud_detection.reporting import plots
 from fraud_detection.spark.metrics import (
     card_precision_at_k,
@@ -60,6 +71,9 @@ PLOTS_NOTE = (
 )
 # Each test row's absolute contributions (an array in feature order), in the persisted table.
 _CONTRIBUTIONS = "__candidate_abs_contributions__"
+# ``percentile_approx``'s accuracy: a quantile's rank is off by at most rows / accuracy (exact
+# below 10,000 rows), so a bin edge moves by at most 0.01% of the rows.
+QUANTILE_ACCURACY = 10_000
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,9 @@ def evaluate_on_spark(
         metrics = {TEST_PREFIX + k: v for k, v in model_metrics(table, columns, CANDIDATE).items()}
         champion_metrics = model_metrics(table, columns, CHAMPION) if len(measured) > 1 else {}
         means = mean_contributions(table, scorer.features) if explained else pd.Series(dtype=float)
+        reference = score_reference(
+            table, CANDIDATE.probabilities, float(candidate.settings["threshold"])
+        )
     finally:
         table.unpersist()
     mlflow.log_metrics(metrics, model_id=candidate.model_id)
@@ -117,6 +134,7 @@ def evaluate_on_spark(
         figures={f"{name}.png": plots.png_bytes(figure) for name, figure in drawn.items()},
         plots_note=PLOTS_NOTE,
         contributions=[(str(name), float(value)) for name, value in means[::-1].items()],
+        score_reference=reference,
     )
 
 
@@ -143,6 +161,30 @@ def mean_contributions(table: DataFrame, features: Sequence[str]) -> pd.Series:
     column = sf.col(_CONTRIBUTIONS)
     row = table.agg(*(sf.avg(column[index]) for index in range(len(features)))).first()
     return pd.Series([float(value or 0.0) for value in row], index=list(features)).sort_values()
+
+
+def score_reference(table: DataFrame, score: str, threshold: float) -> ScoreReference:
+    """The pandas engine's ``monitoring.reference.score_reference`` of the ``score`` column,
+    from two aggregates: the quantile edges (``percentile_approx``), then the rows at or above
+    each edge. Nothing but the counts reaches the driver."""
+    column = sf.col(score)
+    row = table.agg(
+        sf.percentile_approx(column, quantile_levels(), QUANTILE_ACCURACY).alias("quantiles"),
+        sf.min(column).alias("minimum"),
+        sf.count("*").alias("rows"),
+        sf.count_if(column >= threshold).alias("alerts"),
+    ).first()
+    rows = int(row["rows"])
+    if rows == 0:
+        raise DataError("no test rows to take the score reference from")
+    edges = edges_from_quantiles(row["quantiles"], float(row["minimum"]))
+    tails = table.agg(*(sf.count_if(column >= edge) for edge in edges)).first() if edges else []
+    return ScoreReference(
+        score=BinnedDistribution(edges, shares_from_tail_counts(rows, [int(n) for n in tails])),
+        alert_rate=int(row["alerts"]) / rows,
+        threshold=float(threshold),
+        rows=rows,
+    )
 
 
 def _names(scored: Scored) -> tuple[str, str]:
