@@ -119,8 +119,8 @@ class WindowEvaluation:
     # Mean |contribution| per feature on the test rows, largest first (empty: a model kind
     # without contributions).
     contributions: list[tuple[str, float]] = field(default_factory=list)
-    # The candidate's score bins and alert rate on these rows: the monitor's out-of-sample
-    # reference (``monitoring.reference``).
+    # The candidate's score bins and alert rate on the whole test window: the monitor's
+    # out-of-sample reference (``monitoring.reference``).
     score_reference: ScoreReference | None = None
 
 
@@ -202,13 +202,14 @@ def evaluate_on_pandas(
     champion_metrics = _evaluate_champion(dataset.df, champion, context)
     largest_first = [(str(name), float(value)) for name, value in means[::-1].items()]
     return WindowEvaluation(
-        result,
-        champion_metrics,
-        champion,
-        figures,
-        contributions=largest_first,
-        score_reference=score_reference(scored.probabilities, settings["threshold"]),
+        result, champion_metrics, champion, figures, contributions=largest_first
     )
+
+
+def score_reference_on_pandas(rows: pd.DataFrame, candidate: ModelUnderTest) -> ScoreReference:
+    """The candidate's score bins and alert rate on ``rows`` (``monitoring.reference``)."""
+    scored = _predict(candidate.model, rows[candidate.features])
+    return score_reference(scored.probabilities, candidate.settings["threshold"])
 
 
 def _test_dataset(

@@ -8,9 +8,10 @@ logs (``test_*``, ``champion_test_*``): the fraud metrics, and the classifier me
 model's decision from one aggregate of the confusion counts. They are logged with
 ``mlflow.log_metrics(..., model_id=...)``, linked to each model as on the pandas engine.
 
-The candidate's score reference for the monitor (``monitoring.reference``: the test window's
-score bins and alert rate) comes from two more aggregates of the persisted table
-(``score_reference``): Spark's quantile sketch for the bin edges, then the rows per bin.
+The candidate's score reference for the monitor (``monitoring.reference``: score bins and alert
+rate on the whole test window, known-compromised cards included) is one more scoring of the
+window and two aggregates (``window_score_reference``): Spark's quantile sketch for the bin
+edges, then the rows per bin.
 
 Plots: the feature importance (it needs no rows) and the mean absolute contribution of each
 feature (the reason codes' global view: one more column of the persisted table, averaged in
@@ -112,9 +113,6 @@ def evaluate_on_spark(
         metrics = {TEST_PREFIX + k: v for k, v in model_metrics(table, columns, CANDIDATE).items()}
         champion_metrics = model_metrics(table, columns, CHAMPION) if len(measured) > 1 else {}
         means = mean_contributions(table, scorer.features) if explained else pd.Series(dtype=float)
-        reference = score_reference(
-            table, CANDIDATE.probabilities, float(candidate.settings["threshold"])
-        )
     finally:
         table.unpersist()
     mlflow.log_metrics(metrics, model_id=candidate.model_id)
@@ -134,7 +132,6 @@ def evaluate_on_spark(
         figures={f"{name}.png": plots.png_bytes(figure) for name, figure in drawn.items()},
         plots_note=PLOTS_NOTE,
         contributions=[(str(name), float(value)) for name, value in means[::-1].items()],
-        score_reference=reference,
     )
 
 
@@ -161,6 +158,18 @@ def mean_contributions(table: DataFrame, features: Sequence[str]) -> pd.Series:
     column = sf.col(_CONTRIBUTIONS)
     row = table.agg(*(sf.avg(column[index]) for index in range(len(features)))).first()
     return pd.Series([float(value or 0.0) for value in row], index=list(features)).sort_values()
+
+
+def window_score_reference(rows: DataFrame, candidate: ModelUnderTest) -> ScoreReference:
+    """The candidate's score reference on ``rows``: scored once by ``spark_udf``, the score
+    column persisted for the two aggregates of ``score_reference``."""
+    scored = score_frame(rows, candidate.uri, candidate.features, *_names(CANDIDATE))
+    scores = scored.select(CANDIDATE.probabilities).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        threshold = float(candidate.settings["threshold"])
+        return score_reference(scores, CANDIDATE.probabilities, threshold)
+    finally:
+        scores.unpersist()
 
 
 def score_reference(table: DataFrame, score: str, threshold: float) -> ScoreReference:
