@@ -126,6 +126,9 @@ def test_a_version_without_an_evaluate_run_falls_back_to_the_in_sample_reference
     in_sample = in_sample_alert_rate(uri, tmp_path)
     for alert_rate, ratio in window_alert_rates(children):
         assert ratio == pytest.approx(alert_rate / in_sample, rel=1e-12)
+    with mlflow.start_run() as before:  # an evaluate run from before the score reference
+        mlflow.log_dict({}, contract.GATE_ARTIFACT)
+    assert contract.read_score_reference(before.info.run_id) is None
     other = client.get_model_version(MODEL_NAME, "2").tags[contract.EVALUATE_RUN_TAG]
     client.set_model_version_tag(MODEL_NAME, copy.version, contract.EVALUATE_RUN_TAG, other)
     with pytest.raises(LineageError, match=f"evaluate run {other} measured its alert rate at"):
