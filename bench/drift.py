@@ -47,6 +47,7 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from sklearn.metrics import average_precision_score  # noqa: E402
 
+from fraud_detection import contract  # noqa: E402
 from fraud_detection.config import (  # noqa: E402
     CHAMPION_ALIAS,
     DEFAULT_DELAY_DAYS,
@@ -206,10 +207,12 @@ def train_first_champion(
 
 @dataclass(frozen=True)
 class Watch:
-    """What the monitor said about one week."""
+    """What the monitor said about one week: every crossing, and the score reference used."""
 
     alarm: bool
     message: str
+    crossings: tuple[str, ...] = ()
+    score_reference: str = ""
 
 
 def watch(scored: Path, version: int, start: pd.Timestamp, retrain_data: Path | None) -> Watch:
@@ -230,9 +233,17 @@ def watch(scored: Path, version: int, start: pd.Timestamp, retrain_data: Path | 
         data=str(retrain_data or ""),
     )
     try:
-        return Watch(False, monitor_step.monitor(config, run_pipeline_in_process))
+        report, alarm = monitor_step.monitor(config, run_pipeline_in_process), False
     except ThresholdCrossedError as crossed:
-        return Watch(True, str(crossed))
+        report, alarm = str(crossed), True
+    tags = MlflowClient().get_run(_latest_run(Step.MONITOR)).data.tags
+    lines = tags.get(contract.MONITOR_CROSSINGS_TAG, "")
+    return Watch(
+        alarm,
+        report,
+        tuple(line.split(": ", 1)[1] for line in lines.splitlines()),
+        tags.get(contract.MONITOR_SCORE_REFERENCE_TAG, ""),
+    )
 
 
 @dataclass
@@ -243,6 +254,8 @@ class Curve:
     average_precision: list[float] = dataclasses.field(default_factory=list)
     alarms: list[bool] = dataclasses.field(default_factory=list)
     messages: list[str] = dataclasses.field(default_factory=list)
+    crossings: list[list[str]] = dataclasses.field(default_factory=list)
+    score_references: list[str] = dataclasses.field(default_factory=list)
 
     def scored(self, version: int, average_precision: float) -> None:
         self.versions.append(version)
@@ -251,6 +264,8 @@ class Curve:
     def watched(self, seen: Watch) -> None:
         self.alarms.append(seen.alarm)
         self.messages.append(seen.message)
+        self.crossings.append(list(seen.crossings))
+        self.score_references.append(seen.score_reference)
 
 
 class Week:
@@ -298,8 +313,15 @@ def run_drill(drill: Drill, workdir: Path, model: ModelConfig, gate: GateConfig)
         if seen.alarm:
             after = champion_version()
             promoted = after != before
+            gate = MlflowClient().get_run(_latest_run(Step.EVALUATE)).data.tags
             retrains.append(
-                {"week": f"{start:%Y-%m-%d}", "champion_after": after, "promoted": promoted}
+                {
+                    "week": f"{start:%Y-%m-%d}",
+                    "watched_version": current,
+                    "champion_after": after,
+                    "promoted": promoted,
+                    "gate": gate.get(contract.GATE_REPORT_TAG, ""),
+                }
             )
             if promoted:
                 takes_over[index + 2] = after
@@ -339,6 +361,8 @@ def figures(
         "week_starts": [f"{start:%Y-%m-%d}" for start in drill.week_starts],
         "no_retrain": dataclasses.asdict(no_retrain),
         "retrain": dataclasses.asdict(retrain),
+        "retrainings": len(retrains),
+        "retrainings_promoted": sum(1 for item in retrains if item["promoted"]),
         "retrains": retrains,
         "settings": dataclasses.asdict(drill),
     }

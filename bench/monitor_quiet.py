@@ -2,9 +2,12 @@
 
 Trains, evaluates and registers the default model on 150 simulated days with the training
 window at 2018-05-08 (so that 13 weekly windows come after its test week), scores the whole
-table with serve.py batch's code, and runs the monitor with thresholds no window can cross;
-writes each window's largest feature PSI, score PSI, alert-rate ratio and average-precision
-ratio (docs/monitoring.md, "Thresholds").
+table with serve.py batch's code, and runs the monitor on the registered version with thresholds
+no window can cross; writes each window's largest feature PSI, score PSI, alert-rate ratio and
+average-precision ratio (docs/monitoring.md, "Thresholds"). The score PSI and the alert-rate
+ratio are against the version's out-of-sample reference (its evaluate run's test window); the
+alert-rate ratio against the in-sample validation reference inside the model is written beside
+it, for comparison.
 
     python bench/monitor_quiet.py --out bench/results/monitor_quiet.json
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import mlflow
 
+from fraud_detection import contract
 from fraud_detection.config import (
     BatchConfig,
     DataConfig,
@@ -66,13 +70,35 @@ def main() -> None:
                 min_ap_ratio=0.0,
             )
         )
-        windows = _windows()
+        reference = _references()
+        windows = _windows(reference["in_sample_alert_rate"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"train_start": args.train_start, "windows": windows}, indent=1))
+    results = {"train_start": args.train_start, "reference": reference, "windows": windows}
+    args.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(windows, indent=1))
 
 
-def _windows() -> list[dict]:
+def _references() -> dict:
+    """Both alert rates the monitor could compare with: the version's evaluate run's (test
+    window, out of sample) and the profile's inside the model (validation, in sample)."""
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("fraud-detector", "champion")
+    evaluate_run_id = version.tags[contract.EVALUATE_RUN_TAG]
+    test = contract.read_score_reference(evaluate_run_id)
+    profile = mlflow.artifacts.load_dict(
+        f"models:/fraud-detector/{version.version}/artifacts/{contract.REFERENCE_PROFILE_FILE}"
+    )
+    monitor_run = find_step_run(EXPERIMENT, Step.MONITOR)
+    return {
+        "used": monitor_run.data.tags[contract.MONITOR_SCORE_REFERENCE_TAG],
+        "out_of_sample_alert_rate": round(test.alert_rate, 6),
+        "out_of_sample_rows": test.rows,
+        "in_sample_alert_rate": round(profile["alert_rate"], 6),
+        "in_sample_rows": profile["validation_rows"],
+    }
+
+
+def _windows(in_sample_alert_rate: float) -> list[dict]:
     client = mlflow.MlflowClient()
     parent = find_step_run(EXPERIMENT, Step.MONITOR)
     children = client.search_runs(
@@ -92,6 +118,9 @@ def _windows() -> list[dict]:
                 "max_psi_feature": worst.removeprefix("psi_"),
                 "score_psi": round(metrics["score_psi"], 4),
                 "alert_rate_ratio": round(metrics["alert_rate_ratio"], 3),
+                "alert_rate_ratio_in_sample": round(
+                    metrics["alert_rate"] / in_sample_alert_rate, 3
+                ),
                 "average_precision_ratio": round(metrics.get("average_precision_ratio", -1), 3),
             }
         )

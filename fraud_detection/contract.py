@@ -12,14 +12,17 @@ something is missing (an outage is told apart by ``outages.diagnose``, never bla
                  fraud.best_candidate_run_id; child runs tagged fraud.candidate=<name>
     evaluate     tags fraud.train_run_id, fraud.model_id, fraud.gate (passed/failed),
                  fraud.gate_report, fraud.champion_version, fraud.champion_comparison;
-                 metrics test_*, champion_test_*; artifacts gate.json, model_card.md/.html
+                 metrics test_*, champion_test_*; artifacts gate.json, model_card.md/.html,
+                 score_reference.json (the test window's score bins and alert rate)
     register     version tags: lineage, gate, decision (fraud.decision, fraud.decision_reason,
                  fraud.previous_champion, fraud.approved_*, fraud.rolled_back_*); run tags
                  fraud.action, fraud.decision, fraud.version; artifact decision.json
     main         tags pointing at the three step runs and the decision
     monitor      parent run: metrics stepped by window, fraud.monitor.retrain when a threshold
                  is crossed; one child run per window; the model's artifact
-                 reference_profile.json (written by train) is its reference
+                 reference_profile.json (written by train) is its reference for features,
+                 its evaluate run's score_reference.json for the score and alert rate
+                 (fraud.monitor.score_reference says which one it used)
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from fraud_detection.errors import (
     OutageError,
 )
 from fraud_detection.hardening.outages import artifact_store_outage, diagnose
+from fraud_detection.monitoring.reference import ScoreReference
 
 PREFIX = "fraud."
 
@@ -98,6 +102,9 @@ MODEL_CARD_MARKDOWN = "model_card.md"
 MODEL_CARD_HTML = "model_card.html"
 TEST_PREFIX = "test_"
 CHAMPION_PREFIX = "champion_test_"
+# The monitor's out-of-sample reference for the score and the alert rate
+# (``monitoring.reference``): the test window's, scored by the model it evaluated.
+SCORE_REFERENCE_ARTIFACT = "score_reference.json"
 
 # --- register -----------------------------------------------------------------------------------
 ACTION_TAG = PREFIX + "action"
@@ -122,6 +129,8 @@ MONITOR_WINDOW_TAG = PREFIX + "monitor.window"  # the window's start, on its chi
 MONITOR_MODEL_VERSION_TAG = PREFIX + "monitor.model_version"
 MONITOR_CROSSINGS_TAG = PREFIX + "monitor.crossings"
 MONITOR_RETRAIN_RESULT_TAG = PREFIX + "monitor.retrain_result"  # what retrain=true did
+# Where the score bins and the alert rate the windows were compared with came from.
+MONITOR_SCORE_REFERENCE_TAG = PREFIX + "monitor.score_reference"
 
 # Tag values are at most this long (MLflow's limit is 8000 characters).
 TAG_LIMIT = 5000
@@ -212,6 +221,33 @@ class TrainedModel:
             git_commit=run.data.tags.get(GIT_COMMIT_TAG, "unknown"),
             expected_savings=run.data.metrics.get(EXPECTED_SAVINGS_METRIC, float("nan")),
         )
+
+
+# --- evaluate -> monitor -----------------------------------------------------------------------
+
+
+def write_score_reference(run_id: str, reference: ScoreReference) -> None:
+    """An evaluate run's out-of-sample score reference (``read_score_reference``)."""
+    MlflowClient().log_dict(run_id, reference.to_dict(), SCORE_REFERENCE_ARTIFACT)
+
+
+def read_score_reference(evaluate_run_id: str) -> ScoreReference | None:
+    """The score reference an evaluate run saved; None for a run from before it was saved."""
+    client = MlflowClient()
+    try:
+        names = {item.path for item in client.list_artifacts(evaluate_run_id)}
+        if SCORE_REFERENCE_ARTIFACT not in names:
+            return None
+        values = mlflow.artifacts.load_dict(f"runs:/{evaluate_run_id}/{SCORE_REFERENCE_ARTIFACT}")
+    except Exception as error:
+        where = f"runs:/{evaluate_run_id}/"
+        if (outage := diagnose(error) or artifact_store_outage(where)) is not None:
+            raise OutageError(outage) from error
+        raise LineageError(
+            f"evaluate run {evaluate_run_id}: its {SCORE_REFERENCE_ARTIFACT} cannot be read "
+            f"({str(error).splitlines()[0][:300]})"
+        ) from error
+    return ScoreReference.from_dict(values)
 
 
 # --- evaluate -> register -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ dictionaries), so the logged model, the registry and serving do not know which e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +36,7 @@ from fraud_detection.modelling.evaluation import (
     ModelUnderTest,
     WindowEvaluation,
     evaluate_on_pandas,
+    score_reference_on_pandas,
 )
 from fraud_detection.modelling.metrics import fraud_metrics
 from fraud_detection.modelling.threshold import ThresholdChoice, tune_threshold
@@ -65,6 +66,13 @@ class TestData:
     split: TimeSplit
     rows: Any  # pandas or Spark DataFrame: raw columns and features, known-compromised
     # cards removed
+    # Every row of the test window (the cards known to be compromised too): what the monitor
+    # watches in production, so what its score reference is taken on. None: ``rows``.
+    window: Any = None
+
+    @property
+    def monitored(self) -> Any:
+        return self.rows if self.window is None else self.window
 
 
 class Engine(Protocol):
@@ -116,7 +124,8 @@ class Engine(Protocol):
         champion: ChampionVersion | None,
     ) -> WindowEvaluation:
         """Score the test rows with the candidate and the champion, log their ``test_*`` and
-        ``champion_test_*`` metrics (linked to each model) and plots, and return them."""
+        ``champion_test_*`` metrics (linked to each model) and plots, and return them with the
+        candidate's score reference on the whole test window (``test.monitored``)."""
         ...
 
 
@@ -238,7 +247,8 @@ class PandasEngine:
         rows = evaluation_window(prepared, data, "test")
         source = prepared.transactions.source
         require_both_classes(rows[data.columns.label_column], f"{source}, test window")
-        return TestData(source, prepared.transactions.fingerprint, prepared.split, rows)
+        window = prepared.split.test.select(prepared.table, data.columns.timestamp_column)
+        return TestData(source, prepared.transactions.fingerprint, prepared.split, rows, window)
 
     def evaluate_window(
         self,
@@ -248,4 +258,6 @@ class PandasEngine:
         champion: ChampionVersion | None,
     ) -> WindowEvaluation:
         """``mlflow.models.evaluate`` of both models' predictions on the rows, and the plots."""
-        return evaluate_on_pandas(test.rows, test.source, data, candidate, champion)
+        measured = evaluate_on_pandas(test.rows, test.source, data, candidate, champion)
+        reference = score_reference_on_pandas(test.monitored, candidate)
+        return replace(measured, score_reference=reference)

@@ -40,6 +40,7 @@ from fraud_detection.modelling.metrics import (
     savings_curve,
 )
 from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
+from fraud_detection.monitoring.reference import ScoreReference, score_reference
 from fraud_detection.reporting import plots
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,9 @@ class WindowEvaluation:
     # Mean |contribution| per feature on the test rows, largest first (empty: a model kind
     # without contributions).
     contributions: list[tuple[str, float]] = field(default_factory=list)
+    # The candidate's score bins and alert rate on the whole test window: the monitor's
+    # out-of-sample reference (``monitoring.reference``).
+    score_reference: ScoreReference | None = None
 
 
 def score_champion(
@@ -200,6 +204,12 @@ def evaluate_on_pandas(
     return WindowEvaluation(
         result, champion_metrics, champion, figures, contributions=largest_first
     )
+
+
+def score_reference_on_pandas(rows: pd.DataFrame, candidate: ModelUnderTest) -> ScoreReference:
+    """The candidate's score bins and alert rate on ``rows`` (``monitoring.reference``)."""
+    scored = _predict(candidate.model, rows[candidate.features])
+    return score_reference(scored.probabilities, candidate.settings["threshold"])
 
 
 def _test_dataset(

@@ -19,7 +19,7 @@ from fraud_detection.modelling.metrics import fraud_metrics, savings
 from fraud_detection.monitoring.drift import psi_against
 from fraud_detection.monitoring.profile import ReferenceProfile
 
-# A validation alert rate of 0 would make every ratio infinite: floor it (1 alert in 10,000).
+# A reference alert rate of 0 would make every ratio infinite: floor it (1 alert in 10,000).
 ALERT_RATE_FLOOR = 1e-4
 PSI_PREFIX = "psi_"
 SCORE_PSI = "score_psi"

@@ -58,7 +58,7 @@ def render_report(
         _chart(
             figures,
             [ALERT_RATE_RATIO],
-            "Alert rate / validation alert rate",
+            "Alert rate / reference alert rate",
             [thresholds.alert_rate_ratio, 1 / thresholds.alert_rate_ratio],
         ),
         _chart(

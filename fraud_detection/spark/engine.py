@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ from fraud_detection.modelling.evaluation import ChampionVersion, ModelUnderTest
 from fraud_detection.modelling.threshold import ThresholdChoice
 from fraud_detection.spark import features as spark_features
 from fraud_detection.spark import split as spark_split
-from fraud_detection.spark.evaluation import evaluate_on_spark
+from fraud_detection.spark.evaluation import evaluate_on_spark, window_score_reference
 from fraud_detection.spark.metrics import fraud_metrics
 from fraud_detection.spark.reading import load_transactions
 from fraud_detection.spark.scoring import score_with_scorer
@@ -176,6 +177,8 @@ class SparkEngine:
         columns = data.columns
         loaded = load_transactions(self.spark, data)
         frame, warm_up = featured(loaded.frame, config)
+        # The evaluation rows and the whole window (the score reference) both read it.
+        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
         planned = spark_split.plan_split(frame, columns.timestamp_column, split, warm_up)
         rows = spark_split.evaluation_rows(frame, planned, "test", columns)
         require_both_classes(rows, columns.label_column, f"{loaded.source}, test window")
@@ -189,7 +192,11 @@ class SparkEngine:
             columns.id_column,
         ]
         kept = [name for name in dict.fromkeys(wanted) if name in rows.columns]
-        return TestData(loaded.source, loaded.fingerprint, planned, rows.select(*kept))
+        window = spark_split.select_window(frame, planned.test, columns.timestamp_column)
+        features = model_features(data)
+        return TestData(
+            loaded.source, loaded.fingerprint, planned, rows.select(*kept), window.select(*features)
+        )
 
     def evaluate_window(
         self,
@@ -199,7 +206,9 @@ class SparkEngine:
         champion: ChampionVersion | None,
     ) -> WindowEvaluation:
         """Both models scored by ``spark_udf`` on the rows, measured by Spark aggregates."""
-        return evaluate_on_spark(test.rows, data, candidate, champion)
+        measured = evaluate_on_spark(test.rows, data, candidate, champion)
+        reference = window_score_reference(test.monitored, candidate)
+        return replace(measured, score_reference=reference)
 
 
 def featured(frame: DataFrame, config: TrainConfig) -> tuple[DataFrame, pd.Timedelta | None]:

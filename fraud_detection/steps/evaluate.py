@@ -9,6 +9,9 @@
    logs them with the confusion matrix and the plots (``modelling.evaluation``); on Spark, the
    same metrics under the same names come from aggregates (``spark.evaluation``), with the
    feature importance as the one plot.
+   The candidate's score bins and alert rate on the test window are saved for the monitor
+   (``contract.SCORE_REFERENCE_ARTIFACT``): its out-of-sample reference for the score and the
+   alert rate.
 4. ``mlflow.validate_evaluation_results`` applies the gate: absolute floors, and no worse
    than the champion on the same rows. The outcome is recorded for ``register``.
 5. A model card (Markdown and HTML) summarises it all.
@@ -17,7 +20,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mlflow
@@ -86,6 +89,7 @@ def evaluate(config: EvaluateConfig) -> str:
         measured = engine.evaluate_window(
             test.data, test.data_config, candidate, _champion_version(config.model_name)
         )
+        _save_score_reference(run.info.run_id, measured, test)
         champion, champion_metrics = measured.champion, measured.champion_metrics
         criteria = check_gate(measured.candidate, champion_metrics, config.gate, champion)
         passed = all(criterion.passed for criterion in criteria)
@@ -123,6 +127,27 @@ def _champion_version(model_name: str) -> ChampionVersion | None:
         logger.info("No %s@%s yet: nothing to compare with", model_name, CHAMPION_ALIAS)
         return None
     return ChampionVersion(model_name, str(version.version), version.model_id)
+
+
+def _save_score_reference(run_id: str, measured: WindowEvaluation, test: TestWindow) -> None:
+    """The candidate's score bins and alert rate on the test window, which it never saw: what
+    the monitor compares a registered version's windows with (``monitoring.reference``)."""
+    reference = measured.score_reference
+    if reference is None:
+        logger.warning(
+            "This engine measured no score reference: the monitor will use the "
+            "model's in-sample one"
+        )
+        return
+    described = test.data.split.describe()
+    window = f"{described['test_first_day']}..{described['test_last_day']}"
+    contract.write_score_reference(run_id, replace(reference, window=window))
+    logger.info(
+        "Score reference for the monitor: alert rate %.5f on %d test rows (%s)",
+        reference.alert_rate,
+        reference.rows,
+        window,
+    )
 
 
 def rebuild_test_window(train_run: Run, trained: TrainedModel, engine: Engine) -> TestWindow:

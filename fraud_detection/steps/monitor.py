@@ -1,8 +1,10 @@
 """The monitor step: windows of a scored file against the model's reference and test figures.
 
 1. The model (``models:/<name>@<alias>`` or ``/<version>``) is loaded as serving loads it; its
-   reference profile comes from its own artifacts (``contract.REFERENCE_PROFILE_FILE``) and its
-   test figures from the evaluate run its version points to.
+   reference profile comes from its own artifacts (``contract.REFERENCE_PROFILE_FILE``: feature
+   bins of the training window), and its score bins, alert rate and test figures from the
+   evaluate run its version points to (``contract.SCORE_REFERENCE_ARTIFACT``: the test window,
+   out of sample; ``reference_profile`` says what happens without one).
 2. The scored file's features are recomputed with the model's recipe, by the code that
    computed them when ``serve.py batch`` scored it (``add_features``: the file holds the
    history they need; the rows of the first longest-window-plus-delay are that history and are
@@ -57,6 +59,7 @@ from fraud_detection.monitoring.checks import (
     measure_window,
 )
 from fraud_detection.monitoring.profile import ReferenceProfile
+from fraud_detection.monitoring.reference import out_of_sample
 from fraud_detection.monitoring.report import REPORT_ARTIFACT, render_report
 from fraud_detection.serving.batch import output_column
 from fraud_detection.serving.follower import ModelFollower, ServedModel, registry_target
@@ -113,7 +116,8 @@ def monitor(config: MonitorConfig, retrainer: Retrainer | None = None) -> str:
 
 
 def _watch(config: MonitorConfig, model: ServedModel, run_id: str, experiment_id: str) -> Watched:
-    profile = load_profile(model)
+    profile, reference_source = reference_profile(model)
+    MlflowClient().set_tag(run_id, contract.MONITOR_SCORE_REFERENCE_TAG, reference_source)
     baseline = model_test_figures(model)
     settings = model.config
     features = list(settings["features"])
@@ -185,14 +189,10 @@ def load_profile(model: ServedModel) -> ReferenceProfile:
 def model_test_figures(model: ServedModel) -> dict[str, float]:
     """The model's test metrics (what evaluate logged as ``test_*``), from its version's
     evaluate run; empty for a model outside the registry."""
-    if not (model.name and model.version):
-        return {}
-    client = MlflowClient()
-    tags = client.get_model_version(model.name, model.version).tags
-    evaluate_run_id = tags.get(contract.EVALUATE_RUN_TAG)
+    evaluate_run_id = evaluate_run_of(model)
     if not evaluate_run_id:
         return {}
-    metrics = client.get_run(evaluate_run_id).data.metrics
+    metrics = MlflowClient().get_run(evaluate_run_id).data.metrics
     return {
         key.removeprefix(contract.TEST_PREFIX): value
         for key, value in metrics.items()
@@ -345,3 +345,48 @@ def retraining_config(config: MonitorConfig, model: ServedModel) -> PipelineConf
         model_name=target.name if target else model.name or "",
         gate=config.gate,
     )
+
+
+def evaluate_run_of(model: ServedModel) -> str | None:
+    """The evaluate run a registered version's tag names; None outside the registry or for a
+    version registered without one."""
+    if not (model.name and model.version):
+        return None
+    tags = MlflowClient().get_model_version(model.name, model.version).tags
+    return tags.get(contract.EVALUATE_RUN_TAG) or None
+
+
+def reference_profile(model: ServedModel) -> tuple[ReferenceProfile, str]:
+    """What the windows are compared with, and where its score reference came from.
+
+    The feature bins are the model's own profile's (its training window). The score bins and
+    the alert rate are those its evaluate run measured on the test window, which the model
+    never saw. A model without them (a ``runs:/`` URI, a version evaluated before evaluate
+    saved them) is compared with its profile's validation scores instead, with a warning: that
+    window is in sample (the final model was refitted on it), where the model alerts less
+    often, so its alert-rate ratio reads higher (1.3-1.5 on quiet weeks of the default data).
+
+    Raises:
+        LineageError: the model has no profile; the evaluate run's threshold is not the model's.
+    """
+    profile = load_profile(model)
+    evaluate_run_id = evaluate_run_of(model)
+    reference = contract.read_score_reference(evaluate_run_id) if evaluate_run_id else None
+    if reference is None:
+        logger.warning(
+            "Model %s has no out-of-sample score reference (no evaluate run, or one from before "
+            "evaluate saved %s): its score PSI and alert-rate ratio are measured against its "
+            "in-sample validation scores, on which it alerts less often than on new data; "
+            "evaluate and register it again to compare with its test window",
+            model.uri,
+            contract.SCORE_REFERENCE_ARTIFACT,
+        )
+        return profile, "validation window (in sample): no evaluate run with a score reference"
+    if not math.isclose(reference.threshold, profile.threshold, rel_tol=1e-9):
+        raise LineageError(
+            f"evaluate run {evaluate_run_id} measured its alert rate at threshold "
+            f"{reference.threshold:.6f}, but model {model.uri} decides at "
+            f"{profile.threshold:.6f}: the version's evaluate run is not this model's"
+        )
+    source = f"test window {reference.window} of evaluate run {evaluate_run_id} (out of sample)"
+    return out_of_sample(profile, reference), source

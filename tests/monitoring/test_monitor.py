@@ -77,6 +77,65 @@ def test_profile_travels_with_the_registered_version(registry, tmp_path):
     assert 0 < profile["alert_rate"] < 0.2
 
 
+def window_alert_rates(children: list[mlflow.entities.Run]) -> list[tuple[float, float]]:
+    return [(c.data.metrics["alert_rate"], c.data.metrics["alert_rate_ratio"]) for c in children]
+
+
+def in_sample_alert_rate(model_uri: str, tmp_path: Path) -> float:
+    """The alert rate of the profile inside the model: validation, the window it was fitted on."""
+    local = mlflow.artifacts.download_artifacts(
+        f"{model_uri}/artifacts/{contract.REFERENCE_PROFILE_FILE}", dst_path=str(tmp_path)
+    )
+    return json.loads(Path(local).read_text())["alert_rate"]
+
+
+def test_windows_are_compared_with_the_test_windows_scores(registry, tmp_path, later_transactions):
+    """Version 1's evaluate run saved the test window's score bins and alert rate (data the
+    model never saw); the alert-rate ratio the monitor logs is against that rate, not the
+    in-sample one of the profile inside the model."""
+    client = mlflow.MlflowClient()
+    evaluate_run_id = client.get_model_version(MODEL_NAME, "1").tags[contract.EVALUATE_RUN_TAG]
+    test = contract.read_score_reference(evaluate_run_id)
+    in_sample = in_sample_alert_rate(CHAMPION, tmp_path)
+    assert test is not None and test.alert_rate > 0
+    assert abs(test.alert_rate / in_sample - 1) > 0.05, (test.alert_rate, in_sample)
+    monitor(config(scored(tmp_path, later_transactions)))
+    parent, children = monitor_runs()
+    used = parent.data.tags[contract.MONITOR_SCORE_REFERENCE_TAG]
+    assert f"test window {test.window} of evaluate run {evaluate_run_id}" in used
+    for alert_rate, ratio in window_alert_rates(children):
+        assert ratio == pytest.approx(alert_rate / test.alert_rate, rel=1e-12)
+        assert ratio != pytest.approx(alert_rate / in_sample, rel=0.01)
+
+
+def test_a_version_without_an_evaluate_run_falls_back_to_the_in_sample_reference(
+    registry, tmp_path, later_transactions, caplog
+):
+    """Version 1's model registered again without lineage (as by hand, or before evaluate
+    saved a score reference): monitored against its profile's validation scores, with a
+    warning that says so; a version whose evaluate run decided at another threshold is refused."""
+    client = mlflow.MlflowClient()
+    copy = mlflow.register_model(client.get_model_version(MODEL_NAME, "1").source, MODEL_NAME)
+    uri = f"models:/{MODEL_NAME}/{copy.version}"
+    monitor(config(scored(tmp_path, later_transactions), model_uri=uri))
+    parent, children = monitor_runs()
+    assert parent.data.tags[contract.MONITOR_SCORE_REFERENCE_TAG].startswith(
+        "validation window (in sample)"
+    )
+    assert f"Model {uri} has no out-of-sample score reference" in caplog.text
+    in_sample = in_sample_alert_rate(uri, tmp_path)
+    for alert_rate, ratio in window_alert_rates(children):
+        assert ratio == pytest.approx(alert_rate / in_sample, rel=1e-12)
+    with mlflow.start_run() as before:  # an evaluate run from before the score reference
+        mlflow.log_dict({}, contract.GATE_ARTIFACT)
+    assert contract.read_score_reference(before.info.run_id) is None
+    other = client.get_model_version(MODEL_NAME, "2").tags[contract.EVALUATE_RUN_TAG]
+    client.set_model_version_tag(MODEL_NAME, copy.version, contract.EVALUATE_RUN_TAG, other)
+    with pytest.raises(LineageError, match=f"evaluate run {other} measured its alert rate at"):
+        monitor(config(str(tmp_path / "scored.csv"), model_uri=uri))
+    assert latest_run(Step.MONITOR).info.status == "FAILED"
+
+
 def test_quiet_weeks_do_not_alarm(registry, tmp_path, later_transactions):
     report = monitor(config(scored(tmp_path, later_transactions)))
     assert "no threshold crossed" in report

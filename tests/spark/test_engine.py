@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 pytest.importorskip("pyspark", reason='the Spark engine needs PySpark: pip install -e ".[spark]"')
@@ -35,6 +36,7 @@ from fraud_detection.contract import (
     MODEL_ID_TAG,
     TEST_PREFIX,
     Step,
+    read_score_reference,
 )
 from fraud_detection.engine import PandasEngine
 from fraud_detection.errors import LineageError
@@ -117,7 +119,7 @@ def test_spark_train_evaluate_register_reaches_a_champion_the_pandas_pyfunc_scor
     metrics = evaluate_run.data.metrics
     # Nothing but aggregates reached the driver: at most one row per shuffle partition or day.
     assert collected and max(collected) <= 4 < metrics["test_example_count"] / 100
-    _assert_same_metrics_as_the_pandas_engine(metrics, evaluate_run.data.tags[MODEL_ID_TAG])
+    _assert_same_metrics_as_the_pandas_engine(evaluate_run)
     model_metrics = MlflowClient().get_logged_model(evaluate_run.data.tags[MODEL_ID_TAG]).metrics
     assert "test_roc_auc" in {metric.key for metric in model_metrics}
     card = mlflow.artifacts.load_text(f"runs:/{evaluate_run.info.run_id}/{MODEL_CARD_MARKDOWN}")
@@ -149,19 +151,29 @@ def _named(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
 
-def _assert_same_metrics_as_the_pandas_engine(spark_metrics: dict, model_id: str) -> None:
+def _assert_same_metrics_as_the_pandas_engine(evaluate_run: Run) -> None:
     """The pandas engine's evaluation (``mlflow.models.evaluate``) of the same model on its own
     test window logs the same metric names, and values equal within float rounding (relative
-    1e-9: the engines' features agree to that, and sums of amounts differ in order only)."""
+    1e-9: the engines' features agree to that, and sums of amounts differ in order only); the
+    monitor's score reference (the whole test window) is the same too."""
     engine = PandasEngine()
     with mlflow.start_run(run_name="pandas engine, same model"):
         measured = engine.evaluate_window(
-            engine.test_window(DATA, SPLIT), DATA, ModelUnderTest.load(model_id), None
+            engine.test_window(DATA, SPLIT),
+            DATA,
+            ModelUnderTest.load(evaluate_run.data.tags[MODEL_ID_TAG]),
+            None,
         )
-    expected = measured.candidate.metrics
+    expected, spark_metrics = measured.candidate.metrics, evaluate_run.data.metrics
     assert sorted(spark_metrics) == sorted(expected)
     for name, value in expected.items():
         assert spark_metrics[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    reference = read_score_reference(evaluate_run.info.run_id)
+    pandas_reference = measured.score_reference
+    assert reference.rows == pandas_reference.rows > spark_metrics["test_example_count"]
+    assert reference.alert_rate == pandas_reference.alert_rate
+    assert reference.score.edges == pytest.approx(pandas_reference.score.edges, rel=1e-9)
+    assert reference.score.shares == pytest.approx(pandas_reference.score.shares, abs=1e-12)
 
 
 def test_spark_engine_refuses_a_sweep_with_no_xgboost(spark):

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 
 pytest.importorskip("pyspark", reason='the Spark engine needs PySpark: pip install -e ".[spark]"')
@@ -14,8 +16,10 @@ from fraud_detection.data.schema import DAY_COLUMN
 from fraud_detection.engine import PandasEngine, TestData
 from fraud_detection.modelling.estimators import CandidateSpec, Scorer, fit_candidate
 from fraud_detection.modelling.evaluation import ChampionVersion, ModelUnderTest
+from fraud_detection.monitoring.reference import score_reference
 from fraud_detection.spark.engine import SparkEngine
-from fraud_detection.spark.evaluation import PLOTS_NOTE
+from fraud_detection.spark.evaluation import PLOTS_NOTE, QUANTILE_ACCURACY
+from fraud_detection.spark.evaluation import score_reference as spark_score_reference
 from fraud_detection.steps.evaluate import check_gate
 from fraud_detection.steps.train import _log_model
 from tests.support.pipeline import LENIENT_GATE, MODEL_NAME, SMALL_DATA
@@ -90,3 +94,27 @@ def test_both_engines_measure_the_same_rows_alike_and_refuse_the_same_champion(
     assert len(actual.contributions) == len(expected.contributions) == 6
     assert dict(actual.contributions) == pytest.approx(dict(expected.contributions), rel=1e-9)
     assert actual.plots_note == PLOTS_NOTE and expected.plots_note == ""
+    # The monitor's score reference: the same rows, alerts and bins (Spark's quantile sketch is
+    # exact below QUANTILE_ACCURACY rows, as here; the shares are counts over the same total).
+    assert len(rows) < QUANTILE_ACCURACY
+    reference, expected_reference = actual.score_reference, expected.score_reference
+    assert reference.rows == expected_reference.rows == len(rows)
+    assert reference.alert_rate == expected_reference.alert_rate  # this weak model: none
+    assert reference.threshold == expected_reference.threshold == THRESHOLD
+    assert reference.score.edges == expected_reference.score.edges
+    assert reference.score.shares == pytest.approx(expected_reference.score.shares, abs=1e-12)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.05, 0.5])
+def test_the_score_reference_from_aggregates_equals_the_pandas_engines(spark, threshold):
+    """Scores with ties, a mass at one value and a tail: Spark's edges, shares and alert rate
+    are those ``monitoring.reference.score_reference`` takes from the values themselves."""
+    generator = np.random.default_rng(3)
+    scores = np.r_[np.full(2_000, 0.001), generator.beta(0.4, 6.0, 3_000), np.full(50, 0.5)]
+    frame = spark.createDataFrame(pd.DataFrame({"score": scores}))
+    reference = spark_score_reference(frame, "score", threshold)
+    expected = score_reference(scores, threshold)
+    assert reference.rows == expected.rows == scores.size
+    assert reference.alert_rate == expected.alert_rate == np.mean(scores >= threshold)
+    assert reference.score.edges == expected.score.edges
+    assert reference.score.shares == pytest.approx(expected.score.shares, abs=1e-12)

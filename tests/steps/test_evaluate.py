@@ -3,17 +3,22 @@
 from dataclasses import replace
 
 import mlflow
+import numpy as np
 import pytest
+from mlflow.entities import Run
 from mlflow.models import EvaluationResult
 from mlflow.tracking import MlflowClient
 
+from fraud_detection import contract
 from fraud_detection.cli import (
     EXIT_FAILED,
     main_with_exit_code,
 )
 from fraud_detection.config import EvaluateConfig, GateConfig, TrainConfig, TransactionColumns
 from fraud_detection.data.features import FEATURE_COLUMNS
+from fraud_detection.data.windows import prepare_data
 from fraud_detection.modelling.evaluation import Champion, Scored
+from fraud_detection.monitoring.drift import binned
 from fraud_detection.steps.evaluate import check_gate, evaluate
 from fraud_detection.steps.train import train
 from tests.support.pipeline import (
@@ -70,6 +75,29 @@ def test_evaluation_metrics_plots_and_model_card(experiment):
     assert {"test_roc_auc", "validation_average_precision"} <= linked
     assert run.data.tags["fraud.gate"] == "passed"
     assert run.data.tags["fraud.champion_comparison"] == "no champion"
+    assert_score_reference_is_the_test_windows(run, train_run)
+
+
+def assert_score_reference_is_the_test_windows(run: Run, train_run: Run) -> None:
+    """The monitor's out-of-sample reference: the model's scores on every row of the test
+    window it never saw (the cards known to be compromised too, as the monitor watches them),
+    rebuilt here from the train run's recipe and scored again."""
+    reference = contract.read_score_reference(run.info.run_id)
+    data, split = contract.read_data_recipe(train_run)
+    prepared = prepare_data(data, split)
+    test, times = prepared.split.test, prepared.table["TX_DATETIME"]
+    rows = prepared.table[(times >= test.start) & (times < test.end)]
+    model = mlflow.pyfunc.load_model(f"models:/{train_run.data.tags['fraud.model_id']}")
+    threshold = model.model_config["threshold"]
+    scores = model.predict(rows[list(model.model_config["features"])])["fraud_probability"]
+    scores = scores.to_numpy()
+    assert reference.rows == len(rows) > run.data.metrics["test_example_count"]
+    assert reference.threshold == threshold
+    assert reference.alert_rate == np.mean(scores >= threshold) > 0
+    assert reference.score == binned(scores)
+    described = prepared.split.describe()
+    assert reference.window == f"{described['test_first_day']}..{described['test_last_day']}"
+    assert described["test_first_day"] > described["train_last_day"]
 
 
 def test_the_champion_is_scored_on_the_same_rows_and_gates_the_challenger(experiment):
