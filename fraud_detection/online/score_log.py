@@ -1,0 +1,277 @@
+"""What the live service scored, and the labels fed back, appended to CSV files for ``monitor``.
+
+``serve.py api --score-log DIR`` writes two folders:
+
+- ``DIR/scored/scored-<date>-<pid>.csv``: one row per transaction scored by ``POST
+  /transactions`` (a retry answered as a duplicate is not logged again): the columns
+  ``serve.py batch`` writes for the same raw transactions (id, time, card, terminal, amount,
+  ``fraud_probability``, ``is_fraud``), then the model's features as the service computed them
+  and ``model_version``, the version that scored the row;
+- ``DIR/labels/labels-<date>-<pid>.csv``: one row per label recorded by ``POST /feedback``
+  (id, label, ``received_at``: when it arrived, UTC).
+
+``monitor --scored DIR/scored --labels DIR/labels`` reads them as they are. Scoring never waits
+for the disk: a request only queues what it scored (one deque append, no formatting); a thread
+formats and appends the rows every ``flush_seconds`` (1 s), or sooner when ``flush_requests``
+requests are queued, each file in one write of complete lines, so a reader never sees half a
+row (the monitor also ignores an unterminated last line). One file per process (``--workers``
+never interleave inside a file), a new one each UTC day; ``close`` writes what is queued. A
+write that fails (disk full, permissions) is logged and its rows counted as lost
+(``fraud_online_score_log_rows_total{outcome="lost"}``): the log never fails a request.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fraud_detection.config import TransactionColumns
+from fraud_detection.errors import PipelineError
+from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
+from fraud_detection.online.requests import Label, RawTransaction
+
+logger = logging.getLogger(__name__)
+
+SCORED_FOLDER = "scored"
+LABELS_FOLDER = "labels"
+VERSION_COLUMN = "model_version"
+RECEIVED_COLUMN = "received_at"
+FLUSH_SECONDS = 1.0
+FLUSH_REQUESTS = 1_000
+DAY_SECONDS = 86_400
+
+
+def version_label(version: str | None, uri: str) -> str:
+    """What ``model_version`` holds for a model: its registry version, else its URI."""
+    return version or uri
+
+
+@dataclass(frozen=True)
+class _Scored:
+    received: float
+    transactions: Sequence[RawTransaction]
+    features: Sequence[Sequence[float]]
+    probabilities: Sequence[float]
+    decisions: Sequence[int]
+    version: str
+
+
+@dataclass(frozen=True)
+class _Labelled:
+    received: float
+    labels: Sequence[Label]
+
+
+class ScoreLog:
+    """The write-behind log of one worker process.
+
+    Args:
+        directory: Where the ``scored`` and ``labels`` folders go (created if needed).
+        columns: The raw fields' names (the transaction table's).
+        features: The model's feature names, in its input order.
+        flush_seconds: Longest time a scored row waits in memory.
+        flush_requests: Queued requests that wake the writer before ``flush_seconds``.
+        clock: Wall-clock seconds (tests move it across midnight).
+
+    Raises:
+        PipelineError: the directory cannot be created or written.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        columns: TransactionColumns,
+        features: Sequence[str],
+        flush_seconds: float = FLUSH_SECONDS,
+        flush_requests: int = FLUSH_REQUESTS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.directory = Path(directory)
+        self.columns = columns
+        self.features = tuple(features)
+        self.flush_seconds = flush_seconds
+        self.flush_requests = flush_requests
+        self.clock = clock
+        self.counts = {"written": 0, "lost": 0}
+        self.scored_header = scored_columns(columns, self.features)
+        self._raw_feature = [name in self.scored_header[:7] for name in self.features]
+        self._queue: deque[_Scored | _Labelled] = deque()
+        self._paths: dict[tuple[str, str], Path] = {}
+        self._failing = False
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._flushing = threading.Lock()
+        for folder in (SCORED_FOLDER, LABELS_FOLDER):
+            try:
+                (self.directory / folder).mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise PipelineError(
+                    f"--score-log {directory}: cannot create it ({error})"
+                ) from None
+            if not os.access(self.directory / folder, os.W_OK):
+                raise PipelineError(f"--score-log {directory}/{folder}: not writable")
+        self._writer = threading.Thread(target=self._run, name="score-log", daemon=True)
+        self._writer.start()
+
+    def scored(
+        self,
+        transactions: Sequence[RawTransaction],
+        features: Sequence[Sequence[float]],
+        probabilities: Sequence[float],
+        decisions: Sequence[int],
+        version: str,
+    ) -> None:
+        """Queue the rows of one request (formatted and written by the writer thread)."""
+        self._queue.append(
+            _Scored(self.clock(), transactions, features, probabilities, decisions, version)
+        )
+        if len(self._queue) >= self.flush_requests:
+            self._wake.set()
+
+    def labelled(self, labels: Sequence[Label]) -> None:
+        """Queue the labels of one ``POST /feedback`` (recorded by the state)."""
+        self._queue.append(_Labelled(self.clock(), labels))
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Append everything queued so far to its file (the writer thread calls it)."""
+        with self._flushing:
+            files: dict[tuple[str, str], list[list[Any]]] = {}
+            while self._queue:
+                item = self._queue.popleft()
+                day = time.strftime("%Y-%m-%d", time.gmtime(item.received))
+                if isinstance(item, _Scored):
+                    files.setdefault((SCORED_FOLDER, day), []).extend(self._scored_rows(item))
+                else:
+                    received = _timestamp(item.received, decimals=3)
+                    rows = [[label.id, label.label, received] for label in item.labels]
+                    files.setdefault((LABELS_FOLDER, day), []).extend(rows)
+            for (folder, day), rows in files.items():
+                self._append(folder, day, rows)
+
+    def _scored_rows(self, item: _Scored) -> Iterable[list[Any]]:
+        for transaction, values, probability, decision in zip(
+            item.transactions, item.features, item.probabilities, item.decisions, strict=True
+        ):
+            row = [
+                transaction.id,
+                _timestamp(transaction.seconds),
+                transaction.card,
+                transaction.terminal,
+                transaction.amount,
+                float(probability),
+                int(decision),
+            ]
+            row += [float(v) for v, raw in zip(values, self._raw_feature, strict=True) if not raw]
+            row.append(item.version)
+            yield row
+
+    def _append(self, folder: str, day: str, rows: list[list[Any]]) -> None:
+        header = self.scored_header if folder == SCORED_FOLDER else self.labels_header
+        try:
+            path, new = self._path(folder, day, header)
+            text = io.StringIO()
+            writer = csv.writer(text, lineterminator="\n")
+            if new:
+                writer.writerow(header)
+            writer.writerows(rows)
+            _append_bytes(path, text.getvalue().encode())
+        except OSError as error:
+            self.counts["lost"] += len(rows)
+            if not self._failing:  # once per failing streak, not once a second
+                logger.error(
+                    "Score log: %d row(s) lost, cannot write %s: %s", len(rows), folder, error
+                )
+            self._failing = True
+            return
+        self._failing = False
+        self.counts["written"] += len(rows)
+
+    @property
+    def labels_header(self) -> tuple[str, ...]:
+        return (self.columns.id_column, self.columns.label_column, RECEIVED_COLUMN)
+
+    def _path(self, folder: str, day: str, header: Sequence[str]) -> tuple[Path, bool]:
+        """This process's file of ``day`` (and whether it needs its header). A file of the same
+        name from an earlier process (a reused pid) is appended to only if its header is ours."""
+        known = self._paths.get((folder, day))
+        if known is not None:
+            return known, False
+        stem = f"{folder}-{day}-{os.getpid()}"
+        for attempt in range(1_000):
+            path = self.directory / folder / (f"{stem}-{attempt}.csv" if attempt else f"{stem}.csv")
+            if not path.exists() or path.stat().st_size == 0:
+                self._paths[(folder, day)] = path
+                return path, True
+            with path.open() as existing:
+                if existing.readline().rstrip("\n") == ",".join(header):
+                    self._paths[(folder, day)] = path
+                    return path, False
+        raise OSError(f"no free file name for {stem}")
+
+    def render_metrics(self) -> list[str]:
+        """Prometheus lines: rows written and lost."""
+        lines = [
+            "# HELP fraud_online_score_log_rows_total Rows of the score log (--score-log) "
+            "by outcome.",
+            "# TYPE fraud_online_score_log_rows_total counter",
+        ]
+        for outcome, count in self.counts.items():
+            lines.append(f'fraud_online_score_log_rows_total{{outcome="{outcome}"}} {count}')
+        return lines
+
+    def close(self) -> None:
+        """Stop the writer and write what is still queued."""
+        self._stopping.set()
+        self._wake.set()
+        self._writer.join()
+        self.flush()
+
+
+def scored_columns(columns: TransactionColumns, features: Sequence[str]) -> tuple[str, ...]:
+    """The scored log's header: the batch scorer's columns for raw transactions, the features
+    not already among them, the version."""
+    raw = (
+        columns.id_column,
+        columns.timestamp_column,
+        columns.customer_column,
+        columns.terminal_column,
+        columns.amount_column,
+        PROBABILITY_COLUMN,
+        DECISION_COLUMN,
+    )
+    return (*raw, *(name for name in features if name not in raw), VERSION_COLUMN)
+
+
+def _timestamp(seconds: float, decimals: int = 0) -> str:
+    """UTC text of epoch seconds as the tables hold times (no offset): 2018-05-03 14:02:11."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    if not decimals:
+        return moment.strftime("%Y-%m-%d %H:%M:%S")
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[: decimals - 6]
+
+
+def _append_bytes(path: Path, data: bytes) -> None:
+    """Append ``data`` (complete lines) to ``path`` in as few writes as the kernel allows."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+    finally:
+        os.close(descriptor)
