@@ -182,15 +182,10 @@ class ScoreLog:
             yield row
 
     def _append(self, folder: str, day: str, rows: list[list[Any]]) -> None:
-        header = self.scored_header if folder == SCORED_FOLDER else self.labels_header
         try:
-            path, new = self._path(folder, day, header)
             text = io.StringIO()
-            writer = csv.writer(text, lineterminator="\n")
-            if new:
-                writer.writerow(header)
-            writer.writerows(rows)
-            _append_bytes(path, text.getvalue().encode())
+            csv.writer(text, lineterminator="\n").writerows(rows)
+            _write_all(self._file(folder, day), text.getvalue().encode(), os.O_APPEND)
         except OSError as error:
             self.counts["lost"] += len(rows)
             if not self._failing:  # once per failing streak, not once a second
@@ -206,23 +201,26 @@ class ScoreLog:
     def labels_header(self) -> tuple[str, ...]:
         return (self.columns.id_column, self.columns.label_column, RECEIVED_COLUMN)
 
-    def _path(self, folder: str, day: str, header: Sequence[str]) -> tuple[Path, bool]:
-        """This process's file of ``day`` (and whether it needs its header). A file of the same
-        name from an earlier process (a reused pid) is appended to only if its header is ours."""
+    def _file(self, folder: str, day: str) -> Path:
+        """This writer's file of ``day``, created with its header on first use. A name already
+        taken (another writer of this process, or an earlier process with the same pid) gets
+        the next suffix: a writer only ever appends to a file it created."""
         known = self._paths.get((folder, day))
         if known is not None:
-            return known, False
+            return known
+        header = self.scored_header if folder == SCORED_FOLDER else self.labels_header
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\n").writerow(header)
         stem = f"{folder}-{day}-{os.getpid()}"
         for attempt in range(1_000):
             path = self.directory / folder / (f"{stem}-{attempt}.csv" if attempt else f"{stem}.csv")
-            if not path.exists() or path.stat().st_size == 0:
-                self._paths[(folder, day)] = path
-                return path, True
-            with path.open() as existing:
-                if existing.readline().rstrip("\n") == ",".join(header):
-                    self._paths[(folder, day)] = path
-                    return path, False
-        raise OSError(f"no free file name for {stem}")
+            try:
+                _write_all(path, text.getvalue().encode(), os.O_EXCL)
+            except FileExistsError:
+                continue
+            self._paths[(folder, day)] = path
+            return path
+        raise OSError(f"no free file name for {stem}.csv")
 
     def render_metrics(self) -> list[str]:
         """Prometheus lines: rows written and lost."""
@@ -266,9 +264,10 @@ def _timestamp(seconds: float, decimals: int = 0) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[: decimals - 6]
 
 
-def _append_bytes(path: Path, data: bytes) -> None:
-    """Append ``data`` (complete lines) to ``path`` in as few writes as the kernel allows."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+def _write_all(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` (complete lines) to ``path``, created if needed, opened with ``mode``
+    (``O_APPEND``; ``O_EXCL``: only if it does not exist yet)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | mode, 0o644)
     try:
         view = memoryview(data)
         while view:
