@@ -665,6 +665,8 @@ def logged_raw_transactions(
     for kind in ("p99", "rps"):
         ratios = np.array(samples[f"logged_{kind}"]) / np.array(samples[f"unlogged_{kind}"])
         figures[f"raw_transaction_logged_{kind}_ratio"] = float(np.median(ratios))
+        figures[f"raw_logged_{kind}_ratio_lowest"] = float(ratios.min())
+        figures[f"raw_logged_{kind}_ratio_highest"] = float(ratios.max())
     figures["raw_logged_rows_written"] = float(logged_rows)
     figures["raw_logged_requests_answered"] = float(answered["logged"])
     for key, value in figures.items():
@@ -774,7 +776,7 @@ def report(figures: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-uri", default="models:/fraud-detector@champion")
     parser.add_argument("--out", help="write every figure and ratio to this JSON file")
@@ -796,7 +798,11 @@ def main(argv: list[str] | None = None) -> int:
         "--raw-only", action="store_true", help="measure raw transactions only (and the log)"
     )
     parser.add_argument("--empty-endpoint", type=int, help=argparse.SUPPRESS)  # internal
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
     if args.empty_endpoint:
         serve_empty_endpoint(args.empty_endpoint)
         return 0
@@ -819,12 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         if args.raw_only:
-            figures = raw_transactions(args.model_uri, args)
-            figures |= ratios(figures)
-            print(report(figures))
-            if args.out:
-                Path(args.out).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-            return 0
+            return finish(raw_transactions(args.model_uri, args), args)
         rows = payloads(model.schema.names)
         one_row, ten_k = split_body(rows.head(1)), split_body(rows)
         figures = floors(model.directory, model.predict, rows)
@@ -853,6 +854,11 @@ def main(argv: list[str] | None = None) -> int:
             figures |= batch(model, args.model_uri, args.batch_rows, args.chunk_rows)
     finally:
         follower.close()
+    return finish(figures, args)
+
+
+def finish(figures: dict[str, float], args: argparse.Namespace) -> int:
+    """Add the ratios, print the report, write ``--out``."""
     figures |= ratios(figures)
     print(report(figures))
     if args.out:
