@@ -647,8 +647,9 @@ def logged_raw_transactions(
             latencies, _, conflicts = load_raw(port, streams[name], 1, 50, 30)
             answered[name] += latencies.size - conflicts
         per_round = max(1, args.requests // args.log_rounds)
-        for _ in range(args.log_rounds):
-            for name, port in ports.items():
+        for turn in range(args.log_rounds):
+            # Each goes first every other round: the load's drift over a round falls on both.
+            for name, port in sorted(ports.items(), reverse=bool(turn % 2)):
                 latencies, _, refused = load_raw(port, streams[name], 1, per_round, args.seconds)
                 samples.setdefault(f"{name}_p99", []).append(float(np.percentile(latencies, 99)))
                 c8, wall, c8_refused = load_raw(port, streams[name], 8, 2 * per_round, args.seconds)

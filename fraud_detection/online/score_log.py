@@ -30,10 +30,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fraud_detection.config import TransactionColumns
 from fraud_detection.errors import PipelineError
@@ -56,8 +55,8 @@ def version_label(version: str | None, uri: str) -> str:
     return version or uri
 
 
-@dataclass(frozen=True)
-class _Scored:
+# Named tuples, not frozen dataclasses: built on the request path (0.3 us against 2 us).
+class _Scored(NamedTuple):
     received: float
     transactions: Sequence[RawTransaction]
     features: Sequence[Sequence[float]]
@@ -66,8 +65,7 @@ class _Scored:
     version: str
 
 
-@dataclass(frozen=True)
-class _Labelled:
+class _Labelled(NamedTuple):
     received: float
     labels: Sequence[Label]
 
