@@ -27,7 +27,11 @@ In one run, on this machine, with a bounded load sent over loopback only:
   `--score-log`, measured in alternation (``--log-rounds`` rounds of c=1 then c=8 on each, so
   the machine's load falls on both alike): ``raw_transaction_logged_rps_ratio`` and
   ``raw_transaction_logged_p99_ratio`` are the medians of the rounds' logged / unlogged ratios,
-  and every transaction answered must be in the log. ``--raw-only`` measures only the raw
+  and ``raw_transaction_logged_cpu_ratio`` is the CPU seconds per request of the logged
+  service over the other's (each process's user + system time during its rounds, the log's
+  writer thread included); every transaction answered must be in the log. ``--log-control``
+  repeats the rounds with neither service logging (``raw_transaction_control_*``: what the
+  method reads when there is nothing to find). ``--raw-only`` measures only the raw
   transactions (no feature-row servers, no `mlflow models serve`, swaps or batch).
 
 Every figure and ratio is printed, and written flat to ``--out`` (seconds, rows or requests per
@@ -75,8 +79,9 @@ GOALS = {  # the targets of the serving issue: (ratio, comparison, bound)
     "reasons_p50_ratio": ("<=", 2.0),
     "raw_transaction_p99_ratio": ("<=", 2.0),
     "raw_transaction_rps_ratio": (">=", 0.5),
-    # --score-log must not slow scoring measurably (the score-log issue): within noise of 1.
-    "raw_transaction_logged_rps_ratio": (">=", 0.9),
+    # --score-log must not slow scoring measurably: CPU per request, logged over unlogged (the
+    # requests/s ratio is reported too, but on a shared 2-core machine it swings 0.7-1.3).
+    "raw_transaction_logged_cpu_ratio": ("<=", 1.1),
 }
 
 
@@ -187,6 +192,12 @@ def measure_reasons(port: int, rows: pd.DataFrame, args: argparse.Namespace) -> 
 # --- the servers -------------------------------------------------------------------------------
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux: /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -196,7 +207,7 @@ def _free_port() -> int:
 @contextmanager
 def server(
     command: list[str], port: int, ready_path: str = "/ping", env: dict[str, str] | None = None
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen]:
     """Run ``command`` in its own process group until ``ready_path`` answers; stop the group
     after. ``env``: variables added to this process's environment."""
     # The servers' logs go to a file: a pipe nobody reads would fill up and stall them.
@@ -208,7 +219,7 @@ def server(
         )
         try:
             _wait_until_ready(process, port, log, ready_path)
-            yield
+            yield process
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -627,37 +638,56 @@ def raw_transactions(model_uri: str, args: argparse.Namespace) -> dict[str, floa
                     figures |= measure_raw("raw_redis", port, bodies, args)
         if args.log_rounds:
             figures |= logged_raw_transactions(command, bodies, Path(scratch), args)
+        if args.log_rounds and args.log_control:
+            control = logged_raw_transactions(command, bodies, Path(scratch), args, log=False)
+            figures |= {
+                key.replace("logged", "control"): value
+                for key, value in control.items()
+                if "ratio" in key
+            }
     return figures
 
 
 def logged_raw_transactions(
-    command: list[str], bodies: list[bytes], scratch: Path, args: argparse.Namespace
+    command: list[str],
+    bodies: list[bytes],
+    scratch: Path,
+    args: argparse.Namespace,
+    log: bool = True,
 ) -> dict[str, float]:
-    """The score log's cost: two services, the second with `--score-log`, measured in turns."""
-    log = scratch / "score-log"
+    """The score log's cost: two services, the second with `--score-log`, measured in turns
+    (``log=False``: neither logs, the control that shows the method's own bias)."""
+    folder = scratch / "score-log"
     ports = {"unlogged": _free_port(), "logged": _free_port()}
-    extra = {"unlogged": [], "logged": ["--score-log", str(log)]}
+    extra = {"unlogged": [], "logged": ["--score-log", str(folder)] if log else []}
     samples: dict[str, list[float]] = {}
+    cpu = dict.fromkeys(ports, 0.0)  # CPU seconds of each service during the measured load
     with contextlib.ExitStack() as stack:
-        for name, port in ports.items():
-            stack.enter_context(server([*command, *extra[name], "--port", str(port)], port))
+        pids = {
+            name: stack.enter_context(server([*command, *extra[name], "--port", str(p)], p)).pid
+            for name, p in ports.items()
+        }
         streams = {name: iter(bodies) for name in ports}
         answered = dict.fromkeys(ports, 0)
         for name, port in ports.items():  # warm-up
             latencies, _, conflicts = load_raw(port, streams[name], 1, 50, 30)
             answered[name] += latencies.size - conflicts
+        warm_up = dict(answered)
         per_round = max(1, args.requests // args.log_rounds)
         for turn in range(args.log_rounds):
             # Each goes first every other round: the load's drift over a round falls on both.
             for name, port in sorted(ports.items(), reverse=bool(turn % 2)):
+                started = _cpu_seconds(pids[name])
                 latencies, _, refused = load_raw(port, streams[name], 1, per_round, args.seconds)
                 samples.setdefault(f"{name}_p99", []).append(float(np.percentile(latencies, 99)))
                 c8, wall, c8_refused = load_raw(port, streams[name], 8, 2 * per_round, args.seconds)
                 samples.setdefault(f"{name}_rps", []).append(c8.size / wall)
                 # A 409 (order rule) scored nothing, so logs nothing.
                 answered[name] += latencies.size + c8.size - refused - c8_refused
+                time.sleep(1.2)  # the log's writer flushes every second: count its CPU too
+                cpu[name] += _cpu_seconds(pids[name]) - started
     # Stopped: every worker wrote what it had queued.
-    logged_rows = sum(len(pd.read_csv(path)) for path in (log / "scored").glob("*.csv"))
+    logged_rows = sum(len(pd.read_csv(path)) for path in (folder / "scored").glob("*.csv"))
     figures = {
         f"raw_{name}_{kind}": float(np.median(samples[f"{name}_{kind}"]))
         for name in ports
@@ -668,6 +698,13 @@ def logged_raw_transactions(
         figures[f"raw_transaction_logged_{kind}_ratio"] = float(np.median(ratios))
         figures[f"raw_logged_{kind}_ratio_lowest"] = float(ratios.min())
         figures[f"raw_logged_{kind}_ratio_highest"] = float(ratios.max())
+    measured = {name: answered[name] - warm_up[name] for name in ports}
+    for name in ports:
+        figures[f"raw_{name}_cpu_seconds_per_request"] = cpu[name] / measured[name]
+    figures["raw_transaction_logged_cpu_ratio"] = (
+        figures["raw_logged_cpu_seconds_per_request"]
+        / figures["raw_unlogged_cpu_seconds_per_request"]
+    )
     figures["raw_logged_rows_written"] = float(logged_rows)
     figures["raw_logged_requests_answered"] = float(answered["logged"])
     for key, value in figures.items():
@@ -737,9 +774,11 @@ def ratios(figures: dict[str, float]) -> dict[str, float]:
 
 
 def _raw_ratios(figures: dict[str, float], result: dict[str, float]) -> dict[str, float]:
-    """The score log's ratios (already computed per round) join the others."""
+    """The score log's ratios (computed where they were measured) join the others."""
     return result | {
-        key: value for key, value in figures.items() if key.startswith("raw_transaction_logged_")
+        key: value
+        for key, value in figures.items()
+        if key.startswith(("raw_transaction_logged_", "raw_transaction_control_"))
     }
 
 
@@ -797,6 +836,11 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--raw-only", action="store_true", help="measure raw transactions only (and the log)"
+    )
+    parser.add_argument(
+        "--log-control",
+        action="store_true",
+        help="repeat the score log's rounds with neither service logging (the method's bias)",
     )
     parser.add_argument("--empty-endpoint", type=int, help=argparse.SUPPRESS)  # internal
     return parser.parse_args(argv)
