@@ -14,10 +14,12 @@
 for the disk: a request only queues what it scored (one deque append, no formatting); a thread
 formats and appends the rows every ``flush_seconds`` (1 s), or sooner when ``flush_requests``
 requests are queued, each file in one write of complete lines, so a reader never sees half a
-row (the monitor also ignores an unterminated last line). One file per process (``--workers``
-never interleave inside a file), a new one each UTC day; ``close`` writes what is queued. A
-write that fails (disk full, permissions) is logged and its rows counted as lost
-(``fraud_online_score_log_rows_total{outcome="lost"}``): the log never fails a request.
+row (the monitor also ignores an unterminated last line). One file per writer, created
+exclusively (``--workers`` never interleave inside a file), a new one each UTC day; ``close``
+writes what is queued. A write that fails (disk full, permissions) is logged and its rows
+counted as lost (``fraud_online_score_log_rows_total{outcome="lost"}``): the log never fails a
+request. Why a writer thread: formatting a row costs about 25 us of Python against about 3 us
+to queue it, on a request of about 1.3 ms of CPU (bench/serving.py, docs/serving.md).
 """
 
 from __future__ import annotations
@@ -105,9 +107,8 @@ class ScoreLog:
         self.counts = {"written": 0, "lost": 0}
         self.scored_header = scored_columns(columns, self.features)
         # The features not already among the raw columns (TX_AMOUNT), by position.
-        self._logged_features = [
-            i for i, name in enumerate(self.features) if name not in self.scored_header[:7]
-        ]
+        raw = raw_columns(columns)
+        self._logged_features = [i for i, name in enumerate(self.features) if name not in raw]
         self._queue: deque[_Scored | _Labelled] = deque()
         self._paths: dict[tuple[str, str], Path] = {}
         self._failing = False
@@ -156,8 +157,8 @@ class ScoreLog:
 
         Formatting costs about 25 us of Python per row, holding the GIL that the event loop
         needs, so the writer pauses every ``YIELD_ROWS`` rows and a request waiting for the GIL
-        runs: formatted in one go, a second's rows (700 at c=8) held requests for up to 20 ms,
-        and the p99 of the logged service doubled (bench/serving.py).
+        runs: in one go, a second's rows at c=8 (about 500) would hold it for over 10 ms
+        (docs/serving.md, "The score log").
         """
         with self._flushing:
             files: dict[tuple[str, str], list[str]] = {}
@@ -258,10 +259,10 @@ class ScoreLog:
         self.flush()
 
 
-def scored_columns(columns: TransactionColumns, features: Sequence[str]) -> tuple[str, ...]:
-    """The scored log's header: the batch scorer's columns for raw transactions, the features
-    not already among them, the version."""
-    raw = (
+def raw_columns(columns: TransactionColumns) -> tuple[str, ...]:
+    """What ``serve.py batch`` writes for a file of raw transactions: its columns, the score and
+    the decision."""
+    return (
         columns.id_column,
         columns.timestamp_column,
         columns.customer_column,
@@ -270,6 +271,12 @@ def scored_columns(columns: TransactionColumns, features: Sequence[str]) -> tupl
         PROBABILITY_COLUMN,
         DECISION_COLUMN,
     )
+
+
+def scored_columns(columns: TransactionColumns, features: Sequence[str]) -> tuple[str, ...]:
+    """The scored log's header: ``raw_columns``, the features not already among them (the
+    amount), the version."""
+    raw = raw_columns(columns)
     return (*raw, *(name for name in features if name not in raw), VERSION_COLUMN)
 
 

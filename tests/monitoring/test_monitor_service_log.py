@@ -15,6 +15,7 @@ the figures are compared at rtol 1e-6.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,11 +158,17 @@ def test_the_log_gives_the_batch_files_figures(registry, logged, tmp_path):
     assert_same_figures(from_log, window_figures())
 
 
-def test_each_version_is_checked_on_its_own_rows(registry, logged, tmp_path):
+def test_each_version_is_checked_on_its_own_rows(registry, logged, tmp_path, caplog):
     scored = tmp_path / "scored"
     shutil.copytree(logged.log / SCORED_FOLDER, scored)
-    monitor(config(logged, scored, model_uri=VERSION_2))  # its rows (after the swap) match
     paths = sorted(scored.iterdir(), key=lambda path: pd.read_csv(path)[VERSION_COLUMN].iloc[0])
+    # A client retried after a restart of an in-memory service: logged twice, monitored once.
+    retried = pd.read_csv(paths[1]).head(1)
+    retried.to_csv(tmp_path / "retried.csv", index=False)
+    (scored / "scored-2099-01-01-1.csv").write_text((tmp_path / "retried.csv").read_text())
+    with caplog.at_level(logging.WARNING):
+        monitor(config(logged, scored, model_uri=VERSION_2))  # its rows (after the swap) match
+    assert "1 transaction(s) logged more than once" in caplog.text
     # A version-2 row changed: version 1 scores it again, version 2 refuses it.
     late = pd.read_csv(paths[1])
     late.loc[0, "fraud_probability"] += 0.01
