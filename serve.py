@@ -9,7 +9,8 @@
 follows the alias: when @champion moves, the new version is served within --poll-seconds, or
 at once when the registry's webhook (`webhook`, secret in FRAUD_DETECTION_WEBHOOK_SECRET) calls.
 It also scores raw transactions with online features (POST /transactions, POST /feedback;
-warm start with --history, state shared by workers with --state-url: docs/serving.md).
+warm start with --history, state shared by workers with --state-url: docs/serving.md), and
+with --score-log DIR keeps what it scored and the labels fed back for `monitor.py --scored`.
 """
 
 import sys

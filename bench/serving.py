@@ -23,6 +23,16 @@ In one run, on this machine, with a bounded load sent over loopback only:
   from a history file, its online state in memory and then in a redis-server this script starts
   on loopback; each request a new transaction of the replayed days, in time order; p99 at
   concurrency 1 and requests/s at concurrency 8, over the feature-row figures of this run.
+- the score log's cost (``logged_raw_transactions``): two services warm-started alike, one with
+  `--score-log`, measured in alternation (``--log-rounds`` rounds of c=1 then c=8 on each, so
+  the machine's load falls on both alike): ``raw_transaction_logged_rps_ratio`` and
+  ``raw_transaction_logged_p99_ratio`` are the medians of the rounds' logged / unlogged ratios,
+  and ``raw_transaction_logged_cpu_ratio`` is the CPU seconds per request of the logged
+  service over the other's (each process's user + system time during its rounds, the log's
+  writer thread included); every transaction answered must be in the log. ``--log-control``
+  repeats the rounds with neither service logging (``raw_transaction_control_*``: what the
+  method reads when there is nothing to find). ``--raw-only`` measures only the raw
+  transactions (no feature-row servers, no `mlflow models serve`, swaps or batch).
 
 Every figure and ratio is printed, and written flat to ``--out`` (seconds, rows or requests per
 second, ratios named ``*_ratio``). The model comes from the tracking store MLflow is pointed at
@@ -33,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -68,6 +79,9 @@ GOALS = {  # the targets of the serving issue: (ratio, comparison, bound)
     "reasons_p50_ratio": ("<=", 2.0),
     "raw_transaction_p99_ratio": ("<=", 2.0),
     "raw_transaction_rps_ratio": (">=", 0.5),
+    # --score-log must not slow scoring measurably: CPU per request, logged over unlogged (the
+    # requests/s ratio is reported too, but on a shared 2-core machine it swings 0.7-1.3).
+    "raw_transaction_logged_cpu_ratio": ("<=", 1.1),
 }
 
 
@@ -178,6 +192,12 @@ def measure_reasons(port: int, rows: pd.DataFrame, args: argparse.Namespace) -> 
 # --- the servers -------------------------------------------------------------------------------
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux: /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -187,7 +207,7 @@ def _free_port() -> int:
 @contextmanager
 def server(
     command: list[str], port: int, ready_path: str = "/ping", env: dict[str, str] | None = None
-) -> Iterator[None]:
+) -> Iterator[subprocess.Popen]:
     """Run ``command`` in its own process group until ``ready_path`` answers; stop the group
     after. ``env``: variables added to this process's environment."""
     # The servers' logs go to a file: a pipe nobody reads would fill up and stall them.
@@ -199,7 +219,7 @@ def server(
         )
         try:
             _wait_until_ready(process, port, log, ready_path)
-            yield
+            yield process
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -601,7 +621,8 @@ def redis_server(port: int) -> Iterator[str]:
 
 
 def raw_transactions(model_uri: str, args: argparse.Namespace) -> dict[str, float]:
-    """Raw transactions on `serve.py api`, its state in memory, then in Redis."""
+    """Raw transactions on `serve.py api`, its state in memory, then in Redis; then the cost
+    of the score log."""
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
         history, bodies = raw_transaction_bodies(Path(scratch))
@@ -610,10 +631,84 @@ def raw_transactions(model_uri: str, args: argparse.Namespace) -> dict[str, floa
         port = _free_port()
         with server([*command, "--port", str(port)], port):
             figures |= measure_raw("raw_memory", port, bodies, args)
-        with redis_server(_free_port()) as url:
-            port = _free_port()
-            with server([*command, "--state-url", url, "--port", str(port)], port):
-                figures |= measure_raw("raw_redis", port, bodies, args)
+        if not args.skip_redis:
+            with redis_server(_free_port()) as url:
+                port = _free_port()
+                with server([*command, "--state-url", url, "--port", str(port)], port):
+                    figures |= measure_raw("raw_redis", port, bodies, args)
+        if args.log_rounds:
+            figures |= logged_raw_transactions(command, bodies, Path(scratch), args)
+        if args.log_rounds and args.log_control:
+            control = logged_raw_transactions(command, bodies, Path(scratch), args, log=False)
+            figures |= {
+                key.replace("logged", "control"): value
+                for key, value in control.items()
+                if "ratio" in key
+            }
+    return figures
+
+
+def logged_raw_transactions(
+    command: list[str],
+    bodies: list[bytes],
+    scratch: Path,
+    args: argparse.Namespace,
+    log: bool = True,
+) -> dict[str, float]:
+    """The score log's cost: two services, the second with `--score-log`, measured in turns
+    (``log=False``: neither logs, the control that shows the method's own bias)."""
+    folder = scratch / "score-log"
+    ports = {"unlogged": _free_port(), "logged": _free_port()}
+    extra = {"unlogged": [], "logged": ["--score-log", str(folder)] if log else []}
+    samples: dict[str, list[float]] = {}
+    cpu = dict.fromkeys(ports, 0.0)  # CPU seconds of each service during the measured load
+    with contextlib.ExitStack() as stack:
+        pids = {
+            name: stack.enter_context(server([*command, *extra[name], "--port", str(p)], p)).pid
+            for name, p in ports.items()
+        }
+        streams = {name: iter(bodies) for name in ports}
+        answered = dict.fromkeys(ports, 0)
+        for name, port in ports.items():  # warm-up
+            latencies, _, conflicts = load_raw(port, streams[name], 1, 50, 30)
+            answered[name] += latencies.size - conflicts
+        warm_up = dict(answered)
+        per_round = max(1, args.requests // args.log_rounds)
+        for turn in range(args.log_rounds):
+            # Each goes first every other round: the load's drift over a round falls on both.
+            for name, port in sorted(ports.items(), reverse=bool(turn % 2)):
+                started = _cpu_seconds(pids[name])
+                latencies, _, refused = load_raw(port, streams[name], 1, per_round, args.seconds)
+                samples.setdefault(f"{name}_p99", []).append(float(np.percentile(latencies, 99)))
+                c8, wall, c8_refused = load_raw(port, streams[name], 8, 2 * per_round, args.seconds)
+                samples.setdefault(f"{name}_rps", []).append(c8.size / wall)
+                # A 409 (order rule) scored nothing, so logs nothing.
+                answered[name] += latencies.size + c8.size - refused - c8_refused
+                time.sleep(1.2)  # the log's writer flushes every second: count its CPU too
+                cpu[name] += _cpu_seconds(pids[name]) - started
+    # Stopped: every worker wrote what it had queued.
+    logged_rows = sum(len(pd.read_csv(path)) for path in (folder / "scored").glob("*.csv"))
+    figures = {
+        f"raw_{name}_{kind}": float(np.median(samples[f"{name}_{kind}"]))
+        for name in ports
+        for kind in ("p99", "rps")
+    }
+    for kind in ("p99", "rps"):
+        ratios = np.array(samples[f"logged_{kind}"]) / np.array(samples[f"unlogged_{kind}"])
+        figures[f"raw_transaction_logged_{kind}_ratio"] = float(np.median(ratios))
+        figures[f"raw_logged_{kind}_ratio_lowest"] = float(ratios.min())
+        figures[f"raw_logged_{kind}_ratio_highest"] = float(ratios.max())
+    measured = {name: answered[name] - warm_up[name] for name in ports}
+    for name in ports:
+        figures[f"raw_{name}_cpu_seconds_per_request"] = cpu[name] / measured[name]
+    figures["raw_transaction_logged_cpu_ratio"] = (
+        figures["raw_logged_cpu_seconds_per_request"]
+        / figures["raw_unlogged_cpu_seconds_per_request"]
+    )
+    figures["raw_logged_rows_written"] = float(logged_rows)
+    figures["raw_logged_requests_answered"] = float(answered["logged"])
+    for key, value in figures.items():
+        logger.info("%s = %.6g", key, value)
     return figures
 
 
@@ -639,6 +734,8 @@ def split_body(rows: pd.DataFrame, params: dict | None = None) -> bytes:
 
 
 def ratios(figures: dict[str, float]) -> dict[str, float]:
+    if "api_single_row_p50_seconds" not in figures:  # --raw-only
+        return _raw_ratios(figures, {})
     result = {
         "p50_vs_mlflow_ratio": figures["api_single_row_p50_seconds"]
         / figures["mlflow_single_row_p50_seconds"],
@@ -657,8 +754,11 @@ def ratios(figures: dict[str, float]) -> dict[str, float]:
         "rows_per_second_10k_vs_floor_ratio": figures["api_10k_rows_per_second"]
         / figures["floor_predict_10k_rows_per_second"],
     }
-    if "raw_memory_single_p99_seconds" in figures:
-        for backend, infix in (("memory", ""), ("redis", "redis_")):
+    if "raw_memory_single_p99_seconds" in figures and "api_single_row_p99_seconds" in figures:
+        backends = [("memory", "")] + [("redis", "redis_")] * (
+            "raw_redis_single_p99_seconds" in figures
+        )
+        for backend, infix in backends:
             result[f"raw_transaction_{infix}p99_ratio"] = (
                 figures[f"raw_{backend}_single_p99_seconds"] / figures["api_single_row_p99_seconds"]
             )
@@ -670,7 +770,16 @@ def ratios(figures: dict[str, float]) -> dict[str, float]:
         result["batch_predict_vs_floor_ratio"] = (
             figures["batch_predict_rows_per_second"] / figures["floor_predict_10k_rows_per_second"]
         )
-    return result
+    return _raw_ratios(figures, result)
+
+
+def _raw_ratios(figures: dict[str, float], result: dict[str, float]) -> dict[str, float]:
+    """The score log's ratios (computed where they were measured) join the others."""
+    return result | {
+        key: value
+        for key, value in figures.items()
+        if key.startswith(("raw_transaction_logged_", "raw_transaction_control_"))
+    }
 
 
 def report(figures: dict[str, float]) -> str:
@@ -707,7 +816,7 @@ def report(figures: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-uri", default="models:/fraud-detector@champion")
     parser.add_argument("--out", help="write every figure and ratio to this JSON file")
@@ -721,8 +830,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-raw", action="store_true", help="skip raw transactions (they need redis-server)"
     )
+    parser.add_argument("--skip-redis", action="store_true", help="raw transactions in memory only")
+    parser.add_argument(
+        "--log-rounds", type=int, default=4, help="rounds of the score log's cost; 0: skip"
+    )
+    parser.add_argument(
+        "--raw-only", action="store_true", help="measure raw transactions only (and the log)"
+    )
+    parser.add_argument(
+        "--log-control",
+        action="store_true",
+        help="repeat the score log's rounds with neither service logging (the method's bias)",
+    )
     parser.add_argument("--empty-endpoint", type=int, help=argparse.SUPPRESS)  # internal
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
     if args.empty_endpoint:
         serve_empty_endpoint(args.empty_endpoint)
         return 0
@@ -744,6 +869,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{error}\nTrain and register a model first: mlflow run . --env-manager local")
         return 1
     try:
+        if args.raw_only:
+            return finish(raw_transactions(args.model_uri, args), args)
         rows = payloads(model.schema.names)
         one_row, ten_k = split_body(rows.head(1)), split_body(rows)
         figures = floors(model.directory, model.predict, rows)
@@ -772,6 +899,11 @@ def main(argv: list[str] | None = None) -> int:
             figures |= batch(model, args.model_uri, args.batch_rows, args.chunk_rows)
     finally:
         follower.close()
+    return finish(figures, args)
+
+
+def finish(figures: dict[str, float], args: argparse.Namespace) -> int:
+    """Add the ratios, print the report, write ``--out``."""
     figures |= ratios(figures)
     print(report(figures))
     if args.out:

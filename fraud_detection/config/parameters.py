@@ -712,6 +712,16 @@ class ApiConfig:
             "restarts (pip install -e '.[online]')."
         ),
     )
+    score_log: str = field(
+        default="",
+        metadata=_help(
+            "Directory where every transaction scored by POST /transactions is appended "
+            "(scored/scored-<date>-<pid>.csv: raw fields, features, fraud_probability, "
+            "is_fraud, model_version) and every POST /feedback label (labels/labels-<date>-"
+            "<pid>.csv), for monitor --scored DIR/scored --labels DIR/labels. Written behind "
+            "scoring, one file per worker and day. Empty: no log."
+        ),
+    )
 
     def __post_init__(self) -> None:
         _require(bool(self.model_uri.strip()), "--model-uri must not be empty")
@@ -774,7 +784,8 @@ class MonitorConfig:
         default="",
         metadata=_help(
             "File that serve.py batch wrote with this model (CSV or Parquet, path or URI): raw "
-            "transactions and their fraud_probability."
+            "transactions and their fraud_probability; or a directory of such files, such as "
+            "the scored/ folder of serve.py api --score-log."
         ),
     )
     model_uri: str = field(
@@ -818,8 +829,10 @@ class MonitorConfig:
     labels: str = field(
         default="",
         metadata=_help(
-            "CSV or Parquet file of transaction id and label, when the labels came later than "
-            "the scores. Empty: the scored file's label column."
+            "CSV or Parquet file (or directory of files, such as the labels/ folder of serve.py "
+            "api --score-log) of transaction id and label, when the labels came later than the "
+            "scores; a transaction it does not name is genuine. Empty: the scored file's label "
+            "column."
         ),
     )
     require_performance: bool = field(

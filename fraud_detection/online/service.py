@@ -24,7 +24,7 @@ from fraud_detection.data.features import add_features
 from fraud_detection.data.reading import read_table
 from fraud_detection.data.validation import prepare_transactions
 from fraud_detection.errors import DataError, PipelineError
-from fraud_detection.modelling.pyfunc import PROBABILITY_COLUMN
+from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
 from fraud_detection.online.errors import (
     NotServableError,
     OnlineError,
@@ -37,6 +37,7 @@ from fraud_detection.online.requests import (
     parse_feedback,
     parse_transactions,
 )
+from fraud_detection.online.score_log import ScoreLog, version_label
 from fraud_detection.online.state import (
     Features,
     HistoryRow,
@@ -64,6 +65,7 @@ class OnlineService:
         state: Where the entries live; None when raw transactions cannot be served here.
         columns: The JSON field names (the transaction table's column names).
         unavailable: Why not, when ``state`` is None (the routes answer it with 409).
+        score_log: Where what was scored and fed back is appended (``--score-log``), if set.
     """
 
     def __init__(
@@ -71,10 +73,12 @@ class OnlineService:
         state: OnlineState | None,
         columns: TransactionColumns | None = None,
         unavailable: str = "",
+        score_log: ScoreLog | None = None,
     ) -> None:
         self.state = state
         self.columns = columns or TransactionColumns()
         self.unavailable = unavailable
+        self.score_log = score_log
         self.counts: dict[tuple[str, str], int] = {}
         self._checked: ServedModel | None = None  # the last model whose recipe matched
         self._threads: ThreadPoolExecutor | None = None  # the Redis calls' (started when needed)
@@ -108,6 +112,8 @@ class OnlineService:
         for observation in observations:
             self._count("transactions", "duplicate" if observation.duplicate else "scored")
         predictions = score_rows(model, np.array(vectors, dtype=np.float64), reasons)
+        if self.score_log is not None:
+            self._log_scored(observations, vectors, predictions, model)
         return _answer(request, observations, vectors, predictions, model, state.recipe)
 
     async def feedback(self, body: bytes) -> bytes:
@@ -119,9 +125,34 @@ class OnlineService:
         except OnlineError:
             self._count("feedback", "refused")
             raise
+        if self.score_log is not None:
+            self.score_log.labelled(labels)
         for _ in labels:
             self._count("feedback", "recorded")
         return json.dumps({"recorded": len(labels)}).encode()
+
+    def _log_scored(
+        self,
+        observations: Sequence[Observation],
+        vectors: Sequence[Features],
+        predictions: Mapping[str, Any],
+        model: ServedModel,
+    ) -> None:
+        """Queue the new transactions for the score log (a duplicate was logged the first time,
+        by whichever worker recorded it)."""
+        fresh = [i for i, o in enumerate(observations) if not o.duplicate]
+        if not fresh:
+            return
+        everything = len(fresh) == len(observations)
+        probabilities = np.asarray(predictions[PROBABILITY_COLUMN])
+        decisions = np.asarray(predictions[DECISION_COLUMN])
+        self.score_log.scored(  # type: ignore[union-attr] (checked by the caller)
+            [observations[i].transaction for i in fresh],
+            vectors if everything else [vectors[i] for i in fresh],
+            probabilities if everything else probabilities[fresh],
+            decisions if everything else decisions[fresh],
+            version_label(model.version, model.uri),
+        )
 
     def _state_for(self, model: ServedModel | None) -> OnlineState:
         if self.state is None:
@@ -206,9 +237,13 @@ class OnlineService:
         ]
         for (route, outcome), count in sorted(self.counts.items()):
             lines.append(f'fraud_online_{route}_total{{outcome="{outcome}"}} {count}')
+        if self.score_log is not None:
+            lines += self.score_log.render_metrics()
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:
+        if self.score_log is not None:
+            self.score_log.close()  # a clean stop writes what is still queued
         if self._threads is not None:
             self._threads.shutdown()
         if self.state is not None:
@@ -257,18 +292,31 @@ def _answer(
 
 
 def open_online_service(config: ApiConfig, model: ServedModel) -> OnlineService:
-    """The online routes of a worker: the state (memory or ``--state-url``), warm-started.
+    """The online routes of a worker: the state (memory or ``--state-url``), warm-started, and
+    the score log (``--score-log``).
 
     Raises:
-        PipelineError: ``--history`` or ``--state-url`` was given for a model that cannot score
-            raw transactions, the history file is unusable, or Redis cannot be reached.
+        PipelineError: ``--history``, ``--state-url`` or ``--score-log`` was given for a model
+            that cannot score raw transactions, the history file is unusable, Redis cannot be
+            reached, or the score log's directory cannot be written.
     """
     try:
         recipe = OnlineRecipe.of_model(model.config, model.version)
     except NotServableError as error:
         if config.history or config.state_url:
             raise PipelineError(f"--history/--state-url: {error}") from None
+        if config.score_log:
+            raise PipelineError(f"--score-log: {error}") from None
         return OnlineService(None, unavailable=str(error))
+    service = _online_state(config, recipe)
+    if config.score_log and service.state is not None:
+        service.score_log = ScoreLog(config.score_log, TransactionColumns(), recipe.features)
+        logger.info("Score log: %s (one file per worker and day)", config.score_log)
+    return service
+
+
+def _online_state(config: ApiConfig, recipe: OnlineRecipe) -> OnlineService:
+    """The routes with their state, in memory or in Redis, warm-started from ``--history``."""
     if config.workers > 1 and not config.state_url:
         return OnlineService(
             None,

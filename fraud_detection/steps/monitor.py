@@ -9,7 +9,8 @@
    computed them when ``serve.py batch`` scored it (``add_features``: the file holds the
    history they need; the rows of the first longest-window-plus-delay are that history and are
    not monitored). The model scores them again: a file whose ``fraud_probability`` differs was
-   scored by another model and is refused.
+   scored by another model and is refused. The service's log (``serve.py api --score-log``)
+   carries the features it computed and each row's version (``scored_rows``).
 3. Each window gets a child run; the parent run carries every figure stepped by window (the UI
    charts them over time), the thresholds as parameters and an HTML report.
 4. A crossing is one line each, the retraining tag (``contract.RETRAIN_TAG``), exit 3
@@ -61,6 +62,7 @@ from fraud_detection.monitoring.checks import (
 from fraud_detection.monitoring.profile import ReferenceProfile
 from fraud_detection.monitoring.reference import out_of_sample
 from fraud_detection.monitoring.report import REPORT_ARTIFACT, render_report
+from fraud_detection.online.score_log import RECEIVED_COLUMN, VERSION_COLUMN, version_label
 from fraud_detection.serving.batch import output_column
 from fraud_detection.serving.follower import ModelFollower, ServedModel, registry_target
 from fraud_detection.tracking import step_run
@@ -206,11 +208,19 @@ def scored_rows(
     """The scored file's rows with the model's features, the score column's name, and the
     start of the first window (after the history the features need).
 
+    ``config.scored`` may be a directory of part files, such as the ``scored/`` folder of
+    ``serve.py api --score-log``: the service's log holds the features it computed (monitored
+    from the first row) and the version that scored each row (``model_version``). Rows of
+    other versions (the alias moved) are scored again by ``model``: their features do not
+    depend on the version, so every window is whole; the model's own rows must carry its
+    scores.
+
     Raises:
-        DataError: an empty file, a missing column.
-        LineageError: scores the model does not give (another model scored the file).
+        DataError: an empty file, a missing column, a feature with missing values.
+        LineageError: scores the model does not give (another model scored the file), or a
+            log without a row of the model's version.
     """
-    table = read_table(config.scored)
+    table = _one_row_per_transaction(read_table(config.scored, parts=True), config)
     score_column = _score_column(table, config.scored)
     engineered = model.config.get("engineered_features", True)
     data = DataConfig(
@@ -227,8 +237,71 @@ def scored_rows(
         rows = add_features(rows, config.columns, delay, windows)
         history = max(windows.seconds) + parse_duration("delay_days", delay).total_seconds()
         start += pd.Timedelta(days=math.ceil(history / 86_400))
-    _require_same_model(rows, features, score_column, model, config)
+    else:
+        for name in features:
+            if rows[name].isna().any():
+                raise DataError(
+                    f"{config.scored}: column {name} has {int(rows[name].isna().sum())} missing "
+                    "value(s) (a part file written for a model of other features?)"
+                )
+    own = _scored_by_model(rows, model, config)
+    expected = _require_same_model(rows, features, score_column, model, config, own)
+    if not own.all():
+        rows[score_column] = np.where(own, rows[score_column].to_numpy(np.float64), expected)
     return rows, score_column, start
+
+
+def _one_row_per_transaction(table: pd.DataFrame, config: MonitorConfig) -> pd.DataFrame:
+    """A service log's rows, once per transaction id: a client that retried after a restart
+    of an in-memory service was scored (and logged) twice; the first answer counts."""
+    id_column = config.columns.id_column
+    if VERSION_COLUMN not in table.columns or id_column not in table.columns:
+        return table
+    repeated = table[id_column].duplicated()
+    if repeated.any():
+        logger.warning(
+            "%s: %d transaction(s) logged more than once; the first score of each is monitored",
+            config.scored,
+            int(repeated.sum()),
+        )
+    return table[~repeated]
+
+
+def _scored_by_model(rows: pd.DataFrame, model: ServedModel, config: MonitorConfig) -> np.ndarray:
+    """Which rows ``model`` scored: all of a file without ``model_version`` (serve.py batch),
+    else the rows naming its version.
+
+    Raises:
+        LineageError: none names it.
+    """
+    if VERSION_COLUMN not in rows.columns:
+        return np.ones(len(rows), dtype=bool)
+    versions = rows[VERSION_COLUMN].map(_version_text)
+    own = (versions == version_label(model.version, model.uri)).to_numpy()
+    if not own.any():
+        found = sorted(set(versions))
+        raise LineageError(
+            f"{config.scored}: no row was scored by {model.uri} ({VERSION_COLUMN} holds "
+            f"{', '.join(found[:5])}{' ...' if len(found) > 5 else ''}): monitor a version "
+            "that served these rows (--model-uri models:/<name>/<version>)"
+        )
+    if not own.all():
+        logger.info(
+            "%s: %d of %d rows scored by other versions (%s): scored again by %s",
+            config.scored,
+            int((~own).sum()),
+            len(own),
+            ", ".join(sorted(set(versions[~own]))),
+            model.uri,
+        )
+    return own
+
+
+def _version_text(value: Any) -> str:
+    """A ``model_version`` cell as the service wrote it (CSV reads "3" back as 3)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _score_column(table: pd.DataFrame, source: str) -> str:
@@ -244,16 +317,26 @@ def _score_column(table: pd.DataFrame, source: str) -> str:
 
 
 def _with_labels(rows: pd.DataFrame, config: MonitorConfig) -> pd.DataFrame:
-    """``rows`` with their labels from ``config.labels`` (id, label), by transaction id."""
+    """``rows`` with their labels from ``config.labels`` (id, label; a file, or a directory such
+    as the ``labels/`` folder of ``serve.py api --score-log``), by transaction id.
+
+    A transaction the labels do not name is genuine (0): feedback reports the frauds (and any
+    genuine transaction someone checked), as the service's terminal-risk features count unknown
+    labels as genuine; only windows whose labels matured are measured. An id labelled twice
+    keeps its latest label (by ``received_at`` in a log, else the last in the file): a
+    correction wins.
+    """
     id_column, label = config.columns.id_column, config.columns.label_column
-    labels = read_table(config.labels)
+    labels = read_table(config.labels, parts=True)
     for name in (id_column, label):
         if name not in labels.columns:
             raise DataError(f"{config.labels}: missing column {name}")
     if id_column not in rows.columns:
         raise DataError(f"{config.scored}: missing column {id_column} to join the labels on")
-    known = labels.drop_duplicates(id_column).set_index(id_column)[label]
-    return rows.assign(**{label: rows[id_column].map(known)})
+    if RECEIVED_COLUMN in labels.columns:
+        labels = labels.sort_values(RECEIVED_COLUMN, kind="stable")
+    known = labels.drop_duplicates(id_column, keep="last").set_index(id_column)[label]
+    return rows.assign(**{label: rows[id_column].map(known).fillna(0).astype(int)})
 
 
 def _require_same_model(
@@ -262,11 +345,15 @@ def _require_same_model(
     score_column: str,
     model: ServedModel,
     config: MonitorConfig,
-) -> None:
+    own: np.ndarray,
+) -> np.ndarray:
+    """The model's scores of ``rows``; those of its ``own`` rows must be the file's."""
     values = rows[features].to_numpy(np.float64)
     answer = model.answer(values)
     expected = np.asarray(answer[PROBABILITY_COLUMN] if isinstance(answer, Mapping) else answer)
-    difference = np.abs(expected.reshape(-1) - rows[score_column].to_numpy(np.float64))
+    expected = expected.reshape(-1)
+    difference = np.abs(expected - rows[score_column].to_numpy(np.float64))
+    difference[~own] = 0.0
     if not np.all(difference <= SCORE_TOLERANCE):
         row = int(np.argmax(difference))
         when = rows[config.columns.timestamp_column].iloc[row]
@@ -275,6 +362,7 @@ def _require_same_model(
             f"difference {difference[row]:.4f}, at {when}): monitor the model "
             "that scored it (--model-uri), or score the file again with this one"
         )
+    return expected
 
 
 def _log_windows(
