@@ -7,7 +7,8 @@ returns values of the column, so an integer feature is still cut between integer
 and an edge at the least value dropped (``drift.distinct_edges``), and the share of all rows
 per bin, a missing value counted in the last bin as NumPy sorts NaN last. Two aggregates per
 frame, each one pass over the rows for every column at once: the quantiles, least values and
-row count; then, for each edge, the rows at or above it.
+row count; then, for each edge, the rows at or above it. The validation rows are scored once
+(persisted while read): their score's two aggregates, and the alerts at the threshold.
 
 The quantiles are approximate: ``percentile_approx`` keeps a rank error of at most
 ``1 / QUANTILE_ACCURACY`` of the rows (Spark's default accuracy, 10,000), so an edge stands

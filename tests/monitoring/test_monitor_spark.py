@@ -22,6 +22,10 @@ from fraud_detection.steps.monitor import monitor
 from fraud_detection.steps.train import train
 from tests.support.pipeline import LENIENT_GATE, SMALL_DATA, latest_run
 
+# The Spark train step on SMALL_DATA (smaller worlds have too few rows a week for quiet weeks to
+# stay under the thresholds) takes over a minute on the 2-core build machine: integration layer.
+pytestmark = [pytest.mark.slow, pytest.mark.minutes]
+
 # One XGBoost fit per step of the sweep, few rounds: the profile is tested, not the model.
 SPARK_MODEL = ModelConfig(
     model_kinds="xgboost", grid="none", n_estimators=30, early_stopping_rounds=10, n_jobs=1
