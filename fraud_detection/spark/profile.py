@@ -5,10 +5,10 @@ The same bins as ``monitoring.drift.binned``: per column, the interior quantiles
 0.1 ... 0.9 of its finite values, taken at observed values (Spark's ``percentile_approx``
 returns values of the column, so an integer feature is still cut between integers), repeats
 and an edge at the least value dropped (``drift.distinct_edges``), and the share of all rows
-per bin, a missing value counted in the last bin as NumPy sorts NaN last. Two aggregates per
-frame, each one pass over the rows for every column at once: the quantiles, least values and
-row count; then, for each edge, the rows at or above it. The validation rows are scored once
-(persisted while read): their score's two aggregates, and the alerts at the threshold.
+per bin, a missing value counted in the last bin as NumPy sorts NaN last. Per frame, a count,
+then two aggregates, each one pass over the rows for every column at once: the quantiles and
+least values; then, for each edge, the rows at or above it. The validation rows are scored
+once (persisted while read): their score's aggregates, and the alerts at the threshold.
 
 The quantiles are approximate: ``percentile_approx`` keeps a rank error of at most
 ``1 / QUANTILE_ACCURACY`` of the rows (Spark's default accuracy, 10,000), so an edge stands
@@ -36,7 +36,8 @@ from fraud_detection.monitoring.drift import (
 from fraud_detection.monitoring.profile import ReferenceProfile
 
 QUANTILE_ACCURACY = 10_000
-_ROWS = "__rows__"
+# Rows per task of the two aggregates, at most: see ``binned_columns``.
+ROWS_PER_TASK = 1_000_000
 
 
 def spark_profile(
@@ -90,18 +91,21 @@ def binned_columns(
     Raises:
         DataError: ``frame`` has no rows.
     """
+    rows = frame.count()
+    if rows == 0:
+        raise DataError("no rows to build the reference profile from")
+    # A time window of a shuffled table keeps the table's partitions (200 by default) with few
+    # rows each, and the quantile sketches then cost per partition, not per row: 28,441 rows
+    # took 17.5 s in 200 partitions against 2.3 s in 2 (local[2]). Coalescing never adds any.
+    frame = frame.coalesce(max(1, math.ceil(rows / ROWS_PER_TASK)))
     levels = [float(level) for level in quantile_levels(n_bins)]
     first = frame.agg(
-        sf.count("*").alias(_ROWS),
         *(
             sf.percentile_approx(_finite(name), levels, accuracy).alias(f"q{index}")
             for index, name in enumerate(columns)
         ),
         *(sf.min(_finite(name)).alias(f"m{index}") for index, name in enumerate(columns)),
     ).first()
-    rows = int(first[_ROWS])
-    if rows == 0:
-        raise DataError("no rows to build the reference profile from")
     edges = {
         name: ()
         if first[f"q{index}"] is None  # no finite value: one bin

@@ -23,6 +23,7 @@ from fraud_detection.errors import DataError
 from fraud_detection.modelling.estimators import CandidateSpec, Scorer, fit_candidate
 from fraud_detection.monitoring.drift import (
     BinnedDistribution,
+    bin_shares,
     binned,
     population_stability_index,
     quantile_levels,
@@ -134,13 +135,18 @@ def _within_rank_error(edge: float, ordered: np.ndarray) -> bool:
     )
 
 
-def test_shares_move_by_at_most_the_rank_error_at_each_edge_and_psi_is_near_zero(profiles):
-    """An edge off by at most e n + 1 rows moves each of its two bins' shares by at most
-    e + 1 / n (no edge here crosses a run of repeated values)."""
+def test_shares_are_exact_counts_at_the_edges_and_near_the_pandas_shares(profiles):
+    """The rows per bin are counted exactly at Spark's own edges. Where an edge differs, a bin's
+    share moves by the rows between the two edges: at most the rank error (e + 1/n) for a
+    continuous feature, but a count feature's edge may step to the next integer within the
+    rank error and carry that integer's rows with it (1.7% of them for one terminal count
+    here). The monitor bins every window on the profile's own edges, so that changes the bins,
+    not the PSI's meaning: the pandas and Spark distributions are all but the same (PSI)."""
     for name, (expected, actual, values) in profiles.pairs().items():
-        tolerance = 2 * (RANK_ERROR + 1 / values.size)
-        assert actual.shares == pytest.approx(expected.shares, abs=tolerance), name
-        assert sum(actual.shares) == pytest.approx(1.0, abs=1e-12)
+        assert actual.shares == pytest.approx(bin_shares(values, actual.edges), abs=1e-15), name
+        continuous = 2 * (RANK_ERROR + 1 / values.size)
+        moved = max(abs(a - b) for a, b in zip(actual.shares, expected.shares, strict=True))
+        assert moved <= (continuous if "AMOUNT" in name or name == "score" else 0.02), name
         assert population_stability_index(expected.shares, actual.shares) < 0.01, name
 
 
