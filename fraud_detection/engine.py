@@ -2,9 +2,10 @@
 
 Train and evaluate keep one flow (``steps``); what depends on where the rows live goes through
 an ``Engine``: preparing the windows, fitting a candidate, scoring and measuring a window,
-tuning the threshold, and evaluating the test window (the candidate and the champion scored
-and measured where the rows live). ``PandasEngine`` is the in-process engine every default run uses;
-``spark.engine.SparkEngine`` does the same on a Spark session (``engine_for("spark")``).
+tuning the threshold, profiling the windows for the monitor, and evaluating the test window
+(the candidate and the champion scored and measured where the rows live). ``PandasEngine`` is
+the in-process engine every default run uses; ``spark.engine.SparkEngine`` does the same on a
+Spark session (``engine_for("spark")``).
 Both hand back the same objects (``FittedCandidate``, ``ThresholdChoice``, plain metric
 dictionaries), so the logged model, the registry and serving do not know which engine ran.
 """
@@ -28,6 +29,7 @@ from fraud_detection.hardening.datasets import pandas_dataset
 from fraud_detection.modelling.estimators import (
     CandidateSpec,
     FittedCandidate,
+    Scorer,
     fit_candidate,
     matrix,
 )
@@ -40,6 +42,7 @@ from fraud_detection.modelling.evaluation import (
 )
 from fraud_detection.modelling.metrics import fraud_metrics
 from fraud_detection.modelling.threshold import ThresholdChoice, tune_threshold
+from fraud_detection.monitoring.profile import ReferenceProfile, build_profile
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,15 @@ class Engine(Protocol):
         features: tuple[str, ...],
         config: TrainConfig,
     ) -> ThresholdChoice: ...
+
+    def reference_profile(
+        self, scorer: Scorer, data: TrainingData, threshold: float
+    ) -> ReferenceProfile:
+        """What the monitor compares windows with (``monitoring.profile``): the features on the
+        training window, and ``scorer``'s scores on the validation window, where ``scorer`` is
+        the model being logged (scores of another fit, even of the same candidate, sit on
+        another scale: their PSI against the served model's was 2 on quiet weeks)."""
+        ...
 
     def example(self, frame: Any, features: Sequence[str]) -> pd.DataFrame: ...
 
@@ -228,6 +240,12 @@ class PandasEngine:
             validation[columns.amount_column].to_numpy(),
             config.cost.review_cost,
         )
+
+    def reference_profile(
+        self, scorer: Scorer, data: TrainingData, threshold: float
+    ) -> ReferenceProfile:
+        scores = scorer.predict_proba(data.validation)
+        return build_profile(data.training, data.features, scores, threshold)
 
     def example(self, frame: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
         return frame.loc[:, list(features)].head(5).astype(np.float64)

@@ -48,6 +48,18 @@ class BinnedDistribution:
         return {"edges": list(self.edges), "shares": list(self.shares)}
 
     @classmethod
+    def from_counts(cls, edges: Sequence[float], counts: Sequence[int]) -> BinnedDistribution:
+        """The distribution of rows counted per bin of ``edges`` (``len(edges) + 1`` counts):
+        how an engine that counts rather than holds the values builds it."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.size != len(edges) + 1:
+            raise ValueError(f"{len(edges)} edges make {len(edges) + 1} bins, not {counts.size}")
+        if counts.sum() == 0:
+            raise ValueError("no values to bin")
+        shares = counts / counts.sum()
+        return cls(tuple(float(edge) for edge in edges), tuple(float(share) for share in shares))
+
+    @classmethod
     def from_dict(cls, values: dict[str, Sequence[float]]) -> BinnedDistribution:
         return cls(tuple(map(float, values["edges"])), tuple(map(float, values["shares"])))
 
@@ -63,10 +75,21 @@ def quantile_edges(values: np.ndarray, n_bins: int = DEFAULT_BINS) -> tuple[floa
     if values.size == 0:
         return ()
     # Observed values as edges (no interpolation): an integer feature is cut between integers.
-    quantiles = np.quantile(values, np.linspace(0, 1, n_bins + 1)[1:-1], method="inverted_cdf")
-    edges = np.unique(quantiles)
+    quantiles = np.quantile(values, quantile_levels(n_bins), method="inverted_cdf")
+    return distinct_edges(quantiles, float(values.min()))
+
+
+def quantile_levels(n_bins: int = DEFAULT_BINS) -> np.ndarray:
+    """The levels of the interior quantiles that cut values into ``n_bins`` equal bins."""
+    return np.linspace(0, 1, n_bins + 1)[1:-1]
+
+
+def distinct_edges(quantiles: Sequence[float], minimum: float) -> tuple[float, ...]:
+    """The interior edges that ``quantiles`` of values whose least finite value is ``minimum``
+    make: repeated quantiles collapse into one edge, in increasing order."""
+    edges = np.unique(np.asarray(quantiles, dtype=np.float64))
     # An edge at the minimum would leave its lower bin empty: nothing is below the minimum.
-    return tuple(float(edge) for edge in edges if edge > values.min())
+    return tuple(float(edge) for edge in edges if edge > minimum)
 
 
 def bin_shares(values: np.ndarray, edges: Sequence[float]) -> tuple[float, ...]:

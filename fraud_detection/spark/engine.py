@@ -4,8 +4,9 @@ Train's rows stay in Spark: read (``reading``), featured (``features``), split w
 known-compromised cards removed (``split``); the XGBoost candidates fit with
 ``SparkXGBClassifier`` (``training``); every window is scored and measured by Spark
 (``scoring``, ``metrics``) and the threshold tuned from aggregates (``threshold``: exact, the
-pandas engine's 400 quantile candidates, no sampling). Only aggregates reach the driver, and
-five rows as the logged model's input example.
+pandas engine's 400 quantile candidates, no sampling); the monitor's reference profile is
+binned by aggregates too (``profile``: approximate quantiles as edges, exact counts). Only
+aggregates reach the driver, and five rows as the logged model's input example.
 
 Evaluate's test window is built by Spark from the train run's recipe and stays there
 (``evaluation``): the candidate and the current champion score it through ``spark_udf``, the
@@ -42,10 +43,12 @@ from fraud_detection.engine import TestData, TrainingData
 from fraud_detection.modelling.estimators import CandidateSpec, FittedCandidate, Scorer
 from fraud_detection.modelling.evaluation import ChampionVersion, ModelUnderTest, WindowEvaluation
 from fraud_detection.modelling.threshold import ThresholdChoice
+from fraud_detection.monitoring.profile import ReferenceProfile
 from fraud_detection.spark import features as spark_features
 from fraud_detection.spark import split as spark_split
 from fraud_detection.spark.evaluation import evaluate_on_spark, window_score_reference
 from fraud_detection.spark.metrics import fraud_metrics
+from fraud_detection.spark.profile import spark_profile
 from fraud_detection.spark.reading import load_transactions
 from fraud_detection.spark.scoring import score_with_scorer
 from fraud_detection.spark.session import spark_session
@@ -164,6 +167,14 @@ class SparkEngine:
         return tune_threshold(
             scored, columns.label_column, _SCORE, columns.amount_column, config.cost.review_cost
         )
+
+    def reference_profile(
+        self, scorer: Scorer, data: TrainingData, threshold: float
+    ) -> ReferenceProfile:
+        """``build_profile``'s bins from Spark aggregates (``spark.profile``), the validation
+        rows scored in the executors as for the threshold."""
+        scored = score_with_scorer(data.validation, scorer, _SCORE)
+        return spark_profile(data.training, data.features, scored, _SCORE, threshold)
 
     def example(self, frame: DataFrame, features: Sequence[str]) -> pd.DataFrame:
         return frame.select(*features).limit(5).toPandas().astype(np.float64)

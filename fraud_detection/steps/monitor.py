@@ -176,14 +176,13 @@ def load_profile(model: ServedModel) -> ReferenceProfile:
     """The reference profile saved inside the model's artifacts at training time.
 
     Raises:
-        LineageError: the model has none (trained before monitoring existed, or on Spark).
+        LineageError: the model has none (trained before monitoring existed).
     """
     path = Path(model.directory) / "artifacts" / contract.REFERENCE_PROFILE_FILE
     if not path.exists():
         raise LineageError(
             f"model {model.uri} has no reference profile ({contract.REFERENCE_PROFILE_FILE}): it "
-            "was trained before monitoring existed or on the Spark engine; retrain it with "
-            "train.py on the pandas engine"
+            "was trained before monitoring existed; retrain it with train.py"
         )
     return ReferenceProfile.from_dict(json.loads(path.read_text()))
 

@@ -63,7 +63,7 @@ from fraud_detection.modelling.pyfunc import (
     model_signature,
 )
 from fraud_detection.modelling.threshold import ThresholdChoice
-from fraud_detection.monitoring.profile import ReferenceProfile, build_profile
+from fraud_detection.monitoring.profile import ReferenceProfile
 from fraud_detection.tracking import step_run
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def train(config: TrainConfig) -> str:
         final = _refit(best, config, data, run_id, lane, engine)
         choice = engine.tune_threshold(best, data.validation, data.features, config)
         example = engine.example(data.validation, final.features)
-        profile = _reference_profile(final, data, choice.threshold)
+        profile = engine.reference_profile(final, data, choice.threshold)
         model_info = _log_model_riding_outages(
             run_id, final, choice.threshold, example, config, profile
         )
@@ -455,21 +455,6 @@ def _log_lineage(run_id: str, data: TrainingData, config: TrainConfig, engine: E
     datasets = engine.datasets(data, config.data.columns.label_column)
     if datasets:
         log_datasets(run_id, datasets)
-
-
-def _reference_profile(
-    final: Scorer, data: TrainingData, threshold: float
-) -> ReferenceProfile | None:
-    """What the monitor compares windows with: features on the training window, and the logged
-    model's own scores on the validation window (scores of another fit, even of the same
-    candidate, sit on another scale: their PSI against the served model's was 2 on quiet weeks).
-    On Spark none is built yet: the monitor refuses such a model with a clear message
-    (docs/monitoring.md)."""
-    if not isinstance(data.training, pd.DataFrame):
-        logger.warning("No reference profile on this engine: `monitor` will refuse this model")
-        return None
-    scores = final.predict_proba(data.validation)
-    return build_profile(data.training, data.features, scores, threshold)
 
 
 def _log_model_riding_outages(

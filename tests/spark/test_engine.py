@@ -4,6 +4,7 @@ to a @champion that the pandas pyfunc scores as any other model."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 
@@ -34,6 +35,7 @@ from fraud_detection.contract import (
     CHAMPION_PREFIX,
     MODEL_CARD_MARKDOWN,
     MODEL_ID_TAG,
+    REFERENCE_PROFILE_FILE,
     TEST_PREFIX,
     Step,
     read_score_reference,
@@ -138,6 +140,15 @@ def test_spark_train_evaluate_register_reaches_a_champion_the_pandas_pyfunc_scor
 
     champion = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}")
     settings = champion.model_config
+    # It carries the monitor's reference profile, built by Spark (tests/spark/test_profile.py).
+    profile = json.loads(
+        mlflow.artifacts.load_text(
+            f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}/artifacts/{REFERENCE_PROFILE_FILE}"
+        )
+    )
+    assert list(profile["features"]) == list(settings["features"])
+    assert profile["threshold"] == settings["threshold"]
+    assert profile["training_rows"] == train_run.data.metrics["training_rows"]
     rows = PandasEngine().test_window(DATA, SPLIT).rows
     output = champion.predict(rows[list(settings["features"])])
     probabilities = output[PROBABILITY_COLUMN].to_numpy()
