@@ -98,7 +98,8 @@ def bin_shares(values: np.ndarray, edges: Sequence[float]) -> tuple[float, ...]:
     values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         raise ValueError("no values to bin")
-    nudged = values + EDGE_TOLERANCE * np.abs(values)
+    finite = np.isfinite(values)  # -inf + tolerance * inf would be NaN, the top bin
+    nudged = np.where(finite, values + EDGE_TOLERANCE * np.abs(np.where(finite, values, 0)), values)
     bins = np.searchsorted(np.asarray(edges, dtype=np.float64), nudged, side="right")
     counts = np.bincount(bins, minlength=len(edges) + 1)
     return tuple(float(share) for share in counts / values.size)

@@ -14,13 +14,13 @@ windows of a registered version with it (quiet weeks: 0.94-1.08, bench/results/
 monitor_quiet.json). Feature PSI stays against the training window's bins.
 
 Pure functions, no I/O: the pandas engine bins the scores with ``drift.binned``; the Spark engine
-computes the same quantiles and bin counts with aggregates and builds the reference with
-``edges_from_quantiles`` and ``shares_from_tail_counts`` (``spark.evaluation``).
+computes the same bins with aggregates (``spark.profile.score_distribution``, which the Spark
+profile's validation scores go through too).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -74,26 +74,6 @@ def score_reference(
         threshold=float(threshold),
         rows=int(values.size),
     )
-
-
-def quantile_levels(n_bins: int = DEFAULT_BINS) -> list[float]:
-    """The interior quantile levels ``drift.quantile_edges`` cuts at (0.1, ..., 0.9 for 10)."""
-    return [float(level) for level in np.linspace(0, 1, n_bins + 1)[1:-1]]
-
-
-def edges_from_quantiles(quantiles: Sequence[float], minimum: float) -> tuple[float, ...]:
-    """``drift.quantile_edges``'s rule applied to quantiles computed elsewhere (by Spark):
-    distinct edges, none at or below the minimum (its lower bin would be empty)."""
-    return tuple(float(edge) for edge in np.unique(np.asarray(quantiles, float)) if edge > minimum)
-
-
-def shares_from_tail_counts(rows: int, at_or_above: Sequence[int]) -> tuple[float, ...]:
-    """Bin shares from the number of rows at or above each edge (in edge order): bin ``i`` holds
-    the values with exactly ``i`` edges at or below them, as ``drift.bin_shares`` counts."""
-    if rows <= 0:
-        raise ValueError("no values to bin")
-    tails = [rows, *at_or_above, 0]
-    return tuple((tails[i] - tails[i + 1]) / rows for i in range(len(tails) - 1))
 
 
 def out_of_sample(profile: ReferenceProfile, reference: ScoreReference) -> ReferenceProfile:

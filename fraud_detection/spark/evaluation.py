@@ -10,8 +10,8 @@ model's decision from one aggregate of the confusion counts. They are logged wit
 
 The candidate's score reference for the monitor (``monitoring.reference``: score bins and alert
 rate on the whole test window, known-compromised cards included) is one more scoring of the
-window and two aggregates (``window_score_reference``): Spark's quantile sketch for the bin
-edges, then the rows per bin.
+window and the aggregates the Spark profile's scores take (``spark.profile.score_distribution``):
+Spark's quantile sketch for the bin edges, then the rows per bin.
 
 Plots: the feature importance (it needs no rows) and the mean absolute contribution of each
 feature (the reason codes' global view: one more column of the persisted table, averaged in
@@ -47,19 +47,14 @@ from fraud_detection.modelling.evaluation import (
     score_champion,
 )
 from fraud_detection.modelling.metrics import CARD_PRECISION_K
-from fraud_detection.monitoring.drift import BinnedDistribution
-from fraud_detection.monitoring.reference import (
-    ScoreReference,
-    edges_from_quantiles,
-    quantile_levels,
-    shares_from_tail_counts,
-)
+from fraud_detection.monitoring.reference import ScoreReference
 from fraud_detection.reporting import plots
 from fraud_detection.spark.metrics import (
     card_precision_at_k,
     ranking_sums,
     recall_at_false_positive_rate,
 )
+from fraud_detection.spark.profile import score_distribution
 from fraud_detection.spark.scoring import feature_struct, score_frame
 
 # Each model's outputs, as columns of the scored test rows (named apart from the user's).
@@ -72,9 +67,6 @@ PLOTS_NOTE = (
 )
 # Each test row's absolute contributions (an array in feature order), in the persisted table.
 _CONTRIBUTIONS = "__candidate_abs_contributions__"
-# ``percentile_approx``'s accuracy: a quantile's rank is off by at most rows / accuracy (exact
-# below 10,000 rows), so a bin edge moves by at most 0.01% of the rows.
-QUANTILE_ACCURACY = 10_000
 
 
 @dataclass(frozen=True)
@@ -161,39 +153,18 @@ def mean_contributions(table: DataFrame, features: Sequence[str]) -> pd.Series:
 
 
 def window_score_reference(rows: DataFrame, candidate: ModelUnderTest) -> ScoreReference:
-    """The candidate's score reference on ``rows``: scored once by ``spark_udf``, the score
-    column persisted for the two aggregates of ``score_reference``."""
+    """The candidate's score reference on ``rows``, scored once by ``spark_udf``."""
     scored = score_frame(rows, candidate.uri, candidate.features, *_names(CANDIDATE))
-    scores = scored.select(CANDIDATE.probabilities).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        threshold = float(candidate.settings["threshold"])
-        return score_reference(scores, CANDIDATE.probabilities, threshold)
-    finally:
-        scores.unpersist()
+    threshold = float(candidate.settings["threshold"])
+    return score_reference(scored, CANDIDATE.probabilities, threshold)
 
 
 def score_reference(table: DataFrame, score: str, threshold: float) -> ScoreReference:
     """The pandas engine's ``monitoring.reference.score_reference`` of the ``score`` column,
-    from two aggregates: the quantile edges (``percentile_approx``), then the rows at or above
-    each edge. Nothing but the counts reaches the driver."""
-    column = sf.col(score)
-    row = table.agg(
-        sf.percentile_approx(column, quantile_levels(), QUANTILE_ACCURACY).alias("quantiles"),
-        sf.min(column).alias("minimum"),
-        sf.count("*").alias("rows"),
-        sf.count_if(column >= threshold).alias("alerts"),
-    ).first()
-    rows = int(row["rows"])
-    if rows == 0:
-        raise DataError("no test rows to take the score reference from")
-    edges = edges_from_quantiles(row["quantiles"], float(row["minimum"]))
-    tails = table.agg(*(sf.count_if(column >= edge) for edge in edges)).first() if edges else []
-    return ScoreReference(
-        score=BinnedDistribution(edges, shares_from_tail_counts(rows, [int(n) for n in tails])),
-        alert_rate=int(row["alerts"]) / rows,
-        threshold=float(threshold),
-        rows=rows,
-    )
+    from aggregates (``spark.profile.score_distribution``, which bins the profile's scores
+    too). Nothing but the counts reaches the driver."""
+    bins, alert_rate, rows = score_distribution(table, score, threshold)
+    return ScoreReference(score=bins, alert_rate=alert_rate, threshold=float(threshold), rows=rows)
 
 
 def _names(scored: Scored) -> tuple[str, str]:

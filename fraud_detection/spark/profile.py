@@ -32,6 +32,7 @@ from pyspark.sql import functions as sf
 from fraud_detection.errors import DataError
 from fraud_detection.monitoring.drift import (
     DEFAULT_BINS,
+    EDGE_TOLERANCE,
     BinnedDistribution,
     distinct_edges,
     quantile_levels,
@@ -66,21 +67,37 @@ def spark_profile(
         accuracy: ``percentile_approx``'s accuracy (a rank error of 1 / accuracy).
     """
     feature_bins, training_rows = binned_columns(training, features, n_bins, accuracy)
-    scores = scored_validation.select(sf.col(score).cast("double").alias(score))
-    scores = scores.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        score_bins, validation_rows = binned_columns(scores, [score], n_bins, accuracy)
-        alerts = scores.agg(sf.count_if(sf.col(score) >= sf.lit(float(threshold)))).first()[0]
-    finally:
-        scores.unpersist()
+    score_bins, alert_rate, validation_rows = score_distribution(
+        scored_validation, score, threshold, n_bins, accuracy
+    )
     return ReferenceProfile(
         features=feature_bins,
-        score=score_bins[score],
-        alert_rate=alerts / validation_rows,
+        score=score_bins,
+        alert_rate=alert_rate,
         threshold=float(threshold),
         training_rows=training_rows,
         validation_rows=validation_rows,
     )
+
+
+def score_distribution(
+    scored: DataFrame,
+    score: str,
+    threshold: float,
+    n_bins: int = DEFAULT_BINS,
+    accuracy: int = QUANTILE_ACCURACY,
+) -> tuple[BinnedDistribution, float, int]:
+    """The bins of the ``score`` column of ``scored``, the share of rows at or above
+    ``threshold`` (the alert rate) and the number of rows; the scores are computed once
+    (persisted while they are read)."""
+    scores = scored.select(sf.col(score).cast("double").alias(score))
+    scores = scores.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        bins, rows = binned_columns(scores, [score], n_bins, accuracy)
+        alerts = scores.agg(sf.count_if(sf.col(score) >= sf.lit(float(threshold)))).first()[0]
+    finally:
+        scores.unpersist()
+    return bins[score], alerts / rows, rows
 
 
 def binned_columns(
@@ -127,7 +144,7 @@ def _bin_counts(
     """Rows per bin of each column's ``edges``, from one aggregate of the rows at or above
     each edge (a value falls in bin i when exactly i edges are <= it)."""
     at_or_above = [
-        sf.count_if(_value(name) >= sf.lit(edge)).alias(f"c{index}_{position}")
+        sf.count_if(_nudged(name) >= sf.lit(edge)).alias(f"c{index}_{position}")
         for index, (name, cuts) in enumerate(edges.items())
         for position, edge in enumerate(cuts)
     ]
@@ -144,6 +161,14 @@ def _value(name: str) -> Column:
     values, where a missing value is NaN (Spark orders NaN above every number, as NumPy's
     ``searchsorted`` places it after every edge)."""
     return sf.coalesce(sf.col(name).cast("double"), sf.lit(math.nan))
+
+
+def _nudged(name: str) -> Column:
+    """The value ``drift.bin_shares`` compares with the edges: a finite value moved up by
+    ``EDGE_TOLERANCE`` of itself, so that one within that of an edge counts as on it."""
+    value = _value(name)
+    finite = ~sf.isnan(value) & (sf.abs(value) != sf.lit(math.inf))
+    return sf.when(finite, value + sf.lit(EDGE_TOLERANCE) * sf.abs(value)).otherwise(value)
 
 
 def _finite(name: str) -> Column:

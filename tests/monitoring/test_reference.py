@@ -3,15 +3,12 @@
 import numpy as np
 import pytest
 
-from fraud_detection.monitoring.drift import bin_shares, binned, quantile_edges
+from fraud_detection.monitoring.drift import binned
 from fraud_detection.monitoring.profile import ReferenceProfile
 from fraud_detection.monitoring.reference import (
     ScoreReference,
-    edges_from_quantiles,
     out_of_sample,
-    quantile_levels,
     score_reference,
-    shares_from_tail_counts,
 )
 
 RANDOM = np.random.default_rng(7)
@@ -24,20 +21,6 @@ SAMPLES = {
 }
 
 
-@pytest.mark.parametrize("name", list(SAMPLES))
-def test_quantiles_counted_elsewhere_give_the_profiles_bins(name):
-    """What Spark hands back (quantiles, the minimum, rows at or above each edge) makes the
-    very bins ``drift.binned`` makes from the values."""
-    values = SAMPLES[name]
-    quantiles = np.quantile(values, quantile_levels(), method="inverted_cdf")
-    edges = edges_from_quantiles(quantiles, values.min())
-    assert edges == quantile_edges(values)
-    tails = [int(np.sum(values >= edge)) for edge in edges]
-    shares = shares_from_tail_counts(values.size, tails)
-    assert shares == pytest.approx(bin_shares(values, edges), abs=1e-15)
-    assert sum(shares) == pytest.approx(1.0)
-
-
 def test_score_reference_counts_alerts_at_the_threshold_inclusive():
     scores = np.array([0.0, 0.1, 0.2, 0.2, 0.5, 0.9, 0.01, 0.02, 0.03, 0.04])
     reference = score_reference(scores, threshold=0.2)
@@ -45,8 +28,6 @@ def test_score_reference_counts_alerts_at_the_threshold_inclusive():
     assert reference.rows == 10
     assert reference.score == binned(scores)
     assert ScoreReference.from_dict(reference.to_dict()) == reference
-    with pytest.raises(ValueError, match="no values to bin"):
-        shares_from_tail_counts(0, [])
 
 
 def test_out_of_sample_replaces_the_score_and_alert_rate_only():

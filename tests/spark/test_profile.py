@@ -7,7 +7,6 @@ tests/spark/test_features.py's business.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,12 +25,12 @@ from fraud_detection.monitoring.drift import (
     bin_shares,
     binned,
     population_stability_index,
-    quantile_levels,
 )
 from fraud_detection.monitoring.profile import ReferenceProfile
 from fraud_detection.spark.engine import SparkEngine
 from fraud_detection.spark.profile import QUANTILE_ACCURACY, binned_columns
 from tests.support.pipeline import SMALL_DATA
+from tests.support.quantiles import within_rank_error
 
 LABEL = SMALL_DATA.columns.label_column
 # Three weeks of training, about 20,000 rows: more than the quantile sketch keeps exactly at
@@ -118,21 +117,10 @@ def test_each_edge_is_an_observed_value_within_the_sketchs_rank_error(profiles):
         assert len(actual.edges) == len(expected.edges), name
         for edge in actual.edges:
             assert edge in finite, f"{name}: edge {edge} is no value of the column"
-            assert _within_rank_error(edge, finite), f"{name}: edge {edge}"
+            assert within_rank_error(edge, finite, RANK_ERROR), f"{name}: edge {edge}"
         differing += actual.edges != expected.edges
     # The sketch was approximate somewhere, or this test would prove nothing about the bound.
     assert differing > 0
-
-
-def _within_rank_error(edge: float, ordered: np.ndarray) -> bool:
-    n = ordered.size
-    first_rank = int(np.searchsorted(ordered, edge, side="left")) + 1
-    last_rank = int(np.searchsorted(ordered, edge, side="right"))
-    return any(
-        max(first_rank, math.floor((level - RANK_ERROR) * n))
-        <= min(last_rank, math.ceil((level + RANK_ERROR) * n))
-        for level in quantile_levels()
-    )
 
 
 def test_shares_are_exact_counts_at_the_edges_and_near_the_pandas_shares(profiles):
