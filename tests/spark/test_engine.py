@@ -45,6 +45,7 @@ from fraud_detection.errors import LineageError
 from fraud_detection.modelling.estimators import CandidateSpec
 from fraud_detection.modelling.evaluation import ModelUnderTest
 from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
+from fraud_detection.monitoring.drift import population_stability_index
 from fraud_detection.serving.batch import score_batch
 from fraud_detection.spark.engine import SparkEngine
 from fraud_detection.steps.evaluate import evaluate
@@ -183,8 +184,10 @@ def _assert_same_metrics_as_the_pandas_engine(evaluate_run: Run) -> None:
     pandas_reference = measured.score_reference
     assert reference.rows == pandas_reference.rows > spark_metrics["test_example_count"]
     assert reference.alert_rate == pandas_reference.alert_rate
-    assert reference.score.edges == pytest.approx(pandas_reference.score.edges, rel=1e-9)
-    assert reference.score.shares == pytest.approx(pandas_reference.score.shares, abs=1e-12)
+    # Bins from Spark's quantile sketch (its promise: tests/spark/test_profile.py).
+    assert len(reference.score.edges) == len(pandas_reference.score.edges)
+    shares = (pandas_reference.score.shares, reference.score.shares)
+    assert population_stability_index(*shares) < 0.01
 
 
 def test_spark_engine_refuses_a_sweep_with_no_xgboost(spark):
