@@ -118,9 +118,10 @@ def monitor(config: MonitorConfig, retrainer: Retrainer | None = None) -> str:
 
 
 def _watch(config: MonitorConfig, model: ServedModel, run_id: str, experiment_id: str) -> Watched:
-    profile, reference_source = reference_profile(model)
+    evaluate_run_id = evaluate_run_of(model)
+    profile, reference_source = reference_profile(model, evaluate_run_id)
     MlflowClient().set_tag(run_id, contract.MONITOR_SCORE_REFERENCE_TAG, reference_source)
-    baseline = model_test_figures(model)
+    baseline = model_test_figures(evaluate_run_id)
     settings = model.config
     features = list(settings["features"])
     rows, score_column, first_start = scored_rows(config, model, features)
@@ -187,10 +188,9 @@ def load_profile(model: ServedModel) -> ReferenceProfile:
     return ReferenceProfile.from_dict(json.loads(path.read_text()))
 
 
-def model_test_figures(model: ServedModel) -> dict[str, float]:
+def model_test_figures(evaluate_run_id: str | None) -> dict[str, float]:
     """The model's test metrics (what evaluate logged as ``test_*``), from its version's
-    evaluate run; empty for a model outside the registry."""
-    evaluate_run_id = evaluate_run_of(model)
+    evaluate run (``evaluate_run_of``); empty without one (a model outside the registry)."""
     if not evaluate_run_id:
         return {}
     metrics = MlflowClient().get_run(evaluate_run_id).data.metrics
@@ -443,8 +443,11 @@ def evaluate_run_of(model: ServedModel) -> str | None:
     return tags.get(contract.EVALUATE_RUN_TAG) or None
 
 
-def reference_profile(model: ServedModel) -> tuple[ReferenceProfile, str]:
-    """What the windows are compared with, and where its score reference came from.
+def reference_profile(
+    model: ServedModel, evaluate_run_id: str | None
+) -> tuple[ReferenceProfile, str]:
+    """What the windows are compared with, and where its score reference came from;
+    ``evaluate_run_id``: the run ``evaluate_run_of(model)`` names, if any.
 
     The feature bins are the model's own profile's (its training window). The score bins and
     the alert rate are those its evaluate run measured on the test window, which the model
@@ -457,7 +460,6 @@ def reference_profile(model: ServedModel) -> tuple[ReferenceProfile, str]:
         LineageError: the model has no profile; the evaluate run's threshold is not the model's.
     """
     profile = load_profile(model)
-    evaluate_run_id = evaluate_run_of(model)
     reference = contract.read_score_reference(evaluate_run_id) if evaluate_run_id else None
     if reference is None:
         logger.warning(
