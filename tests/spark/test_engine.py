@@ -1,12 +1,15 @@
 """engine=spark through the steps: train, evaluate and register in-process on a local session,
-to a @champion that the pandas pyfunc scores as any other model."""
+to a @champion that the pandas pyfunc scores, and the monitor watches, as any other model."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -26,6 +29,7 @@ from fraud_detection.config import (
     EvaluateConfig,
     GateConfig,
     ModelConfig,
+    MonitorConfig,
     RegisterConfig,
     SplitConfig,
     TrainConfig,
@@ -35,11 +39,13 @@ from fraud_detection.contract import (
     CHAMPION_PREFIX,
     MODEL_CARD_MARKDOWN,
     MODEL_ID_TAG,
+    MONITOR_SCORE_REFERENCE_TAG,
     REFERENCE_PROFILE_FILE,
     TEST_PREFIX,
     Step,
     read_score_reference,
 )
+from fraud_detection.data.simulator import simulate_transactions
 from fraud_detection.engine import PandasEngine
 from fraud_detection.errors import LineageError
 from fraud_detection.modelling.estimators import CandidateSpec
@@ -49,6 +55,7 @@ from fraud_detection.monitoring.drift import population_stability_index
 from fraud_detection.serving.batch import score_batch
 from fraud_detection.spark.engine import SparkEngine
 from fraud_detection.steps.evaluate import evaluate
+from fraud_detection.steps.monitor import monitor
 from fraud_detection.steps.register import register
 from fraud_detection.steps.train import train
 from tests.support.pipeline import MODEL_NAME, latest_run, tiny_simulation
@@ -63,6 +70,12 @@ DATA = DataConfig(n_customers=150, n_terminals=300, n_days=30, seed=4, feature_w
 SPLIT = SplitConfig(train_days="5", delay_days="2", test_days="4")
 ANY_MODEL = GateConfig(min_roc_auc=0.0, min_average_precision=0.0)
 ID = DATA.columns.id_column
+NO_ALARM = {
+    "psi_threshold": 1e9,
+    "score_psi_threshold": 1e9,
+    "alert_rate_ratio": math.inf,
+    "min_ap_ratio": 0.0,
+}
 MODEL = ModelConfig(
     model_kinds="xgboost,logistic_regression",
     grid="none",
@@ -103,7 +116,7 @@ def driver_rows() -> Iterator[list[int]]:
 
 
 def test_spark_train_evaluate_register_reaches_a_champion_the_pandas_pyfunc_scores(
-    spark, experiment, caplog
+    spark, experiment, caplog, tmp_path
 ):
     with caplog.at_level(logging.WARNING, logger="fraud_detection.spark.engine"):
         train(TrainConfig(data=DATA, split=SPLIT, model=MODEL, engine="spark"))
@@ -157,6 +170,33 @@ def test_spark_train_evaluate_register_reaches_a_champion_the_pandas_pyfunc_scor
     assert np.all((probabilities >= 0) & (probabilities <= 1))
     expected = (probabilities >= settings["threshold"]).astype(np.int64)
     np.testing.assert_array_equal(output[DECISION_COLUMN].to_numpy(), expected)
+
+    _assert_monitored_as_any_model(tmp_path, evaluate_run)
+
+
+def _assert_monitored_as_any_model(tmp_path: Path, evaluate_run: Run) -> None:
+    """``monitor`` watches the Spark-trained champion as any other model: four weeks after its
+    test window, scored by ``serve.py batch``'s code, each compared with the profile and the
+    score reference Spark computed. (Quiet weeks on this tiny world are too noisy to promise no
+    alarm; that the Spark profile and reference equal the pandas engine's, whose quiet weeks
+    do not alarm, is tests/spark/test_profile.py and _assert_same_metrics_as_the_pandas_engine.)"""
+    champion_uri = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
+    world = simulate_transactions(replace(DATA, n_days=DATA.n_days + 28).simulator())
+    # From five days before the data's end: the history the features need (3d window, 2d delay).
+    later = world[world[DATA.columns.timestamp_column] >= pd.Timestamp("2018-04-26")]
+    source, scored = tmp_path / "later.csv", tmp_path / "scored.csv"
+    later.to_csv(source, index=False)
+    score_batch(BatchConfig(model_uri=champion_uri, input=str(source), output=str(scored)))
+
+    # Thresholds wide open: the tiny model alerts on no row in some weeks (ratio 0).
+    monitor(MonitorConfig(scored=str(scored), model_uri=champion_uri, **NO_ALARM))
+
+    parent = latest_run(Step.MONITOR)
+    assert parent.info.status == "FINISHED"
+    assert evaluate_run.info.run_id in parent.data.tags[MONITOR_SCORE_REFERENCE_TAG]
+    history = MlflowClient().get_metric_history(parent.info.run_id, "score_psi")
+    assert len(history) == 4  # four weekly windows, each compared with the profile
+    assert all(np.isfinite(point.value) for point in history)
 
 
 def _named(metrics: dict[str, float], prefix: str) -> dict[str, float]:
