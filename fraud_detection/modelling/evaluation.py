@@ -41,7 +41,6 @@ from fraud_detection.modelling.metrics import (
 )
 from fraud_detection.modelling.pyfunc import DECISION_COLUMN, PROBABILITY_COLUMN
 from fraud_detection.monitoring.reference import ScoreReference, score_reference
-from fraud_detection.reporting import plots
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +151,8 @@ def score_champion(
 
 def feature_importance_plot(candidate: ModelUnderTest) -> tuple[str, Any]:
     """The candidate's feature-importance figure and its artifact name (no rows needed)."""
+    from fraud_detection.reporting import plots  # matplotlib: only where something is drawn
+
     figure = plots.feature_importance_figure(
         feature_importance(candidate.model.unwrap_python_model().scorer)
     )
@@ -402,6 +403,8 @@ def _plot_artifacts(
     """The custom-artifact function of the candidate's evaluation (the champion drawn beside)."""
 
     def fraud_plots(eval_df, builtin_metrics, artifacts_dir):
+        from fraud_detection.reporting import plots  # matplotlib: only where something is drawn
+
         scores = {"candidate": candidate.probabilities}
         if champion is not None and champion.scored is not None:
             scores[f"champion v{champion.version}"] = champion.scored.probabilities

@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (
-    average_precision_score,
-    roc_auc_score,
-    roc_curve,
-)
 
 CARD_PRECISION_K = 100
 # The threshold-free metrics every step reports, in this order.
@@ -75,6 +70,10 @@ def fraud_metrics(
     customers: np.ndarray | pd.Series | None = None,
 ) -> dict[str, float]:
     """ROC AUC, average precision and (when cards and days are known) card precision@100."""
+    # scikit-learn on first use: the steps that only read RANKING_METRICS (register) start
+    # 0.9 s sooner without it.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
     metrics = {
@@ -118,5 +117,7 @@ def recall_at_false_positive_rate(
     labels: np.ndarray | pd.Series, scores: np.ndarray | pd.Series, rate: float = 0.01
 ) -> float:
     """The highest share of frauds caught while flagging at most ``rate`` of genuine rows."""
+    from sklearn.metrics import roc_curve
+
     false_positive_rate, true_positive_rate, _ = roc_curve(labels, scores)
     return float(true_positive_rate[false_positive_rate <= rate].max())

@@ -14,6 +14,19 @@ if TYPE_CHECKING:
 # Spark binds to a non-loopback interface of this machine unless told otherwise; every Spark
 # process the tests start (driver, executors, a standalone cluster) inherits these.
 LOOPBACK = {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOCAL_HOSTNAME": "localhost"}
+# The local test session's settings (small data, thousands of tiny queries):
+# - few shuffle partitions, instead of Spark's 200 near-empty tasks per shuffle;
+# - expressions evaluated by Spark's interpreter, not compiled to Java (Janino) first. On this
+#   test data compiling cost more than running: sampled with jstack, the driver JVM spent most
+#   of its busy time in Janino, and the in-process train-evaluate-register round trip
+#   (tests/spark/test_engine.py) took 89 s instead of 110-115 s alone on the 2-core machine.
+#   Same results by construction (Spark's own test suites run both modes); the standalone
+#   cluster's pipeline (tests/integration/test_spark_cluster.py) keeps Spark's defaults.
+TEST_SESSION_SETTINGS = {
+    "spark.sql.shuffle.partitions": "4",
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+}
 
 
 def require_spark() -> None:
@@ -35,5 +48,6 @@ def local_session() -> SparkSession:
     from fraud_detection.spark.session import spark_session
 
     session = spark_session("fraud-detection-tests")
-    session.conf.set("spark.sql.shuffle.partitions", "4")
+    for key, value in TEST_SESSION_SETTINGS.items():
+        session.conf.set(key, value)
     return session
