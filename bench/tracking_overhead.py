@@ -119,6 +119,9 @@ def main() -> None:
     parser.add_argument("--n-terminals", type=int, default=DataConfig().n_terminals)
     parser.add_argument("--n-days", type=int, default=DataConfig().n_days)
     parser.add_argument("--grid", default=ModelConfig().grid)
+    parser.add_argument(
+        "--n-estimators", type=int, default=ModelConfig().n_estimators, help="boosting rounds"
+    )
     parser.add_argument("--out", type=Path, help="write the figures as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -130,7 +133,7 @@ def main() -> None:
             n_customers=args.n_customers, n_terminals=args.n_terminals, n_days=args.n_days
         ),
         split=SplitConfig(),
-        model=ModelConfig(grid=args.grid),
+        model=ModelConfig(grid=args.grid, n_estimators=args.n_estimators),
     )
     untracked, tracked = [], []
     untracked_cpu, tracked_cpu, server_cpu = [], [], []

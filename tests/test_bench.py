@@ -76,7 +76,7 @@ def test_tracking_overhead_benchmark_times_both_and_writes_its_figures(tmp_path)
             sys.executable,
             str(PROJECT_DIR / "bench" / "tracking_overhead.py"),
             *("--repeats", "1", "--n-customers", "500", "--n-terminals", "1000"),
-            *("--n-days", "60", "--grid", "none", "--out", str(out)),
+            *("--n-days", "60", "--grid", "none", "--n-estimators", "60", "--out", str(out)),
         ],
         capture_output=True,
         text=True,
