@@ -19,7 +19,7 @@ import pytest
 
 from fraud_detection.spark.session import INSTALL_JAVA, SparkUnavailableError, require_spark
 from tests.support import PROJECT_DIR
-from tests.support.spark import LOOPBACK
+from tests.support.spark import LOOPBACK, SHORT_LIVED_JVM_OPTIONS
 from tests.support.spark import require_spark as require_spark_installed
 
 PROBE = """
@@ -61,9 +61,8 @@ def sessions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, st
     (conf / "spark-defaults.conf").write_text(CONF_FILE)
     base = {k: v for k, v in os.environ.items() if k not in SPARK_VARIABLES}
     base |= LOOPBACK | {"PYTHONPATH": str(PROJECT_DIR)}
-    # Four JVMs that start, report and stop: the client JIT compiler only halves their start-up
-    # (42 s -> 24 s for the four on the 2-core machine); the settings read are the same.
-    base["JDK_JAVA_OPTIONS"] = "-XX:TieredStopAtLevel=1"
+    # Four JVMs that start, report and stop; the settings they read are the same.
+    base["JDK_JAVA_OPTIONS"] = SHORT_LIVED_JVM_OPTIONS
     started = {}
     for name, variables in CASES.items():
         env = base | {key: value.format(conf=conf) for key, value in variables.items()}

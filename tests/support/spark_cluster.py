@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.processes import BackgroundProcess, background_process, free_port
-from tests.support.spark import LOOPBACK
+from tests.support.spark import LOOPBACK, SHORT_LIVED_JVM_OPTIONS
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -35,11 +35,6 @@ WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 START_TIMEOUT_S = 120
 # Each daemon idles at 240 MB; Spark's default heap for a daemon is 1 GB.
 DAEMON_MEMORY = "512m"
-# Every JVM of the cluster (master, workers, drivers, executors) compiles hot code with the
-# client compiler only (C1): these JVMs live for minutes on small data, where the optimising
-# compiler's work does not pay back. The pipeline on the cluster took 172 s instead of 244 s
-# alone on the 2-core machine. The JIT level changes no result.
-JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
 
 
 def spark_home() -> Path:
@@ -153,7 +148,7 @@ def _daemon_environment(root: Path) -> dict[str, str]:
         "SPARK_CONF_DIR": str(daemon_conf),
         "SPARK_LOG_DIR": str(root / "logs"),
         "SPARK_DAEMON_MEMORY": DAEMON_MEMORY,
-        "SPARK_DAEMON_JAVA_OPTS": JVM_OPTIONS,
+        "SPARK_DAEMON_JAVA_OPTS": SHORT_LIVED_JVM_OPTIONS,
         "PYSPARK_PYTHON": sys.executable,
     }
 
@@ -169,8 +164,8 @@ def _write_client_conf(conf_dir: Path, master_url: str, task_slots: int) -> None
         "spark.scheduler.minRegisteredResourcesRatio": "1.0",
         "spark.scheduler.maxRegisteredResourcesWaitingTime": "60s",
         "spark.executor.memory": "1g",
-        "spark.driver.extraJavaOptions": JVM_OPTIONS,
-        "spark.executor.extraJavaOptions": JVM_OPTIONS,
+        "spark.driver.extraJavaOptions": SHORT_LIVED_JVM_OPTIONS,
+        "spark.executor.extraJavaOptions": SHORT_LIVED_JVM_OPTIONS,
         # Small test data: Spark's 200 shuffle partitions would be 200 tiny tasks per shuffle.
         "spark.sql.shuffle.partitions": str(2 * task_slots),
     }
