@@ -21,8 +21,10 @@ threshold) and the confusion matrix are drawn on the pandas engine only; the mod
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -115,16 +117,24 @@ def evaluate_on_spark(
         )
     drawn = dict([feature_importance_plot(candidate)])
     drawn[MEAN_CONTRIBUTION_PLOT] = plots.mean_contribution_figure(means)
-    for name, figure in drawn.items():
-        mlflow.log_figure(figure, f"{name}.png")
+    figures = {f"{name}.png": plots.png_bytes(figure) for name, figure in drawn.items()}
+    _log_files(figures)  # each figure rendered once, for the run and the model card
     return WindowEvaluation(
         EvaluationResult(metrics=metrics, artifacts={}),
         champion_metrics,
         champion,
-        figures={f"{name}.png": plots.png_bytes(figure) for name, figure in drawn.items()},
+        figures=figures,
         plots_note=PLOTS_NOTE,
         contributions=[(str(name), float(value)) for name, value in means[::-1].items()],
     )
+
+
+def _log_files(files: dict[str, bytes]) -> None:
+    """Log each of ``files`` (name: content) at the root of the active run's artifacts."""
+    with tempfile.TemporaryDirectory(prefix="fraud-plots-") as directory:
+        for name, content in files.items():
+            (Path(directory) / name).write_bytes(content)
+        mlflow.log_artifacts(directory)
 
 
 def _abs_contributions(frame: DataFrame, scorer: Scorer) -> list[Column]:
