@@ -53,8 +53,7 @@ from fraud_detection.monitoring.reference import ScoreReference
 from fraud_detection.reporting import plots
 from fraud_detection.spark.metrics import (
     card_precision_at_k,
-    ranking_sums,
-    recall_at_false_positive_rate,
+    ranking_metrics,
 )
 from fraud_detection.spark.profile import score_distribution
 from fraud_detection.spark.scoring import feature_struct, score_frame
@@ -212,11 +211,11 @@ def _champion_scorer(
 def model_metrics(frame: DataFrame, columns: _Columns, scored: Scored) -> dict[str, float]:
     """One model's test metrics on ``frame``, named as the pandas engine logs them."""
     label, score = columns.label, scored.probabilities
-    sums = ranking_sums(frame, label, score)
+    sums, recall = ranking_metrics(frame, label, score, 0.01)
     metrics = {
         "roc_auc": sums.roc_auc,
         "average_precision": sums.average_precision,
-        "recall_at_1pct_fpr": recall_at_false_positive_rate(frame, label, score, 0.01),
+        "recall_at_1pct_fpr": recall,
     }
     if columns.day is not None and columns.card is not None:
         metrics[f"card_precision_at_{CARD_PRECISION_K}"] = card_precision_at_k(

@@ -12,12 +12,15 @@ per day, or per metric.
 - The recall at a false-positive rate reads the same table, at the points scikit-learn's
   ``roc_curve`` keeps (its corners), as the pandas function does.
 - Card precision@k keeps the book's rule that a card caught on one day is left out of the
-  later ones: the days are walked in order, each a small job that returns the cards it caught.
+  later ones. At most k cards are caught a day, so the i-th day's k * (i + 1) best cards are
+  enough: one job returns them, one row per day, and the driver walks the days in order.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pyspark import StorageLevel
@@ -32,6 +35,7 @@ from fraud_detection.modelling.metrics import CARD_PRECISION_K
 POSITIVES, ROWS = "__positives__", "__rows__"
 POSITIVES_ABOVE, ROWS_ABOVE = "__positives_above__", "__rows_above__"
 _BUCKET = "__score_bucket__"
+_RANK = "__card_rank__"
 # Relative error of the quantiles that cut the scores into ranges (they only balance work).
 _QUANTILE_ERROR = 0.01
 
@@ -60,31 +64,58 @@ class RankingSums:
 
 def ranking_sums(frame: DataFrame, label: str, score: str) -> RankingSums:
     """Sum what ROC AUC and average precision need over ``frame`` (two classes required)."""
+    with _ranked_scores(frame, label, score) as ranked:
+        return _sums(ranked, score)[0]
+
+
+def ranking_metrics(
+    frame: DataFrame, label: str, score: str, rate: float = 0.01
+) -> tuple[RankingSums, float]:
+    """``ranking_sums`` and ``recall_at_false_positive_rate`` at ``rate`` together, from one
+    table of distinct scores ranked once (each apart would build its own)."""
+    with _ranked_scores(frame, label, score) as ranked:
+        sums, highest = _sums(ranked, score)
+        return sums, _recall_within(ranked, score, rate, sums, highest)
+
+
+@contextmanager
+def _ranked_scores(frame: DataFrame, label: str, score: str) -> Iterator[DataFrame]:
+    """``frame``'s distinct scores with their counts and what lies above each
+    (``from_the_top``), persisted while the caller reads it."""
     counts = frame.groupBy(sf.col(score).cast("double").alias(score)).agg(
         sf.sum(sf.col(label).cast("long")).alias(POSITIVES), sf.count("*").alias(ROWS)
     )
     counts = counts.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        ranked = from_the_top(counts, score)
-        negatives = sf.col(ROWS) - sf.col(POSITIVES)
-        precision = (sf.col(POSITIVES_ABOVE) + sf.col(POSITIVES)) / (
-            sf.col(ROWS_ABOVE) + sf.col(ROWS)
-        )
-        row = ranked.agg(
-            sf.sum(POSITIVES).alias("positives"),
-            sf.sum(negatives).alias("negatives"),
-            sf.sum(negatives * (2 * sf.col(POSITIVES_ABOVE) + sf.col(POSITIVES))).alias("twice"),
-            sf.sum(sf.col(POSITIVES) * precision).alias("precision_sum"),
-        ).first()
+        ranked = from_the_top(counts, score).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            yield ranked
+        finally:
+            ranked.unpersist()
     finally:
         counts.unpersist()
+
+
+def _sums(ranked: DataFrame, score: str) -> tuple[RankingSums, float]:
+    """The ranking sums of ``ranked`` and its highest score, from one aggregate."""
+    negatives = sf.col(ROWS) - sf.col(POSITIVES)
+    precision = (sf.col(POSITIVES_ABOVE) + sf.col(POSITIVES)) / (sf.col(ROWS_ABOVE) + sf.col(ROWS))
+    row = ranked.agg(
+        sf.sum(POSITIVES).alias("positives"),
+        sf.sum(negatives).alias("negatives"),
+        sf.sum(negatives * (2 * sf.col(POSITIVES_ABOVE) + sf.col(POSITIVES))).alias("twice"),
+        sf.sum(sf.col(POSITIVES) * precision).alias("precision_sum"),
+        sf.max(score).alias("highest"),
+    ).first()
     positives, negatives_total = int(row["positives"] or 0), int(row["negatives"] or 0)
     if positives == 0 or negatives_total == 0:
         raise DataError(
-            "ROC AUC and average precision need both classes; the rows hold "
-            f"{positives} fraud(s) and {negatives_total} genuine transaction(s)"
+            "ROC AUC, average precision and the recall at a false-positive rate need both "
+            f"classes; the rows hold {positives} fraud(s) and {negatives_total} genuine "
+            "transaction(s)"
         )
-    return RankingSums(positives, negatives_total, int(row["twice"]), float(row["precision_sum"]))
+    sums = RankingSums(positives, negatives_total, int(row["twice"]), float(row["precision_sum"]))
+    return sums, row["highest"]
 
 
 def roc_auc(frame: DataFrame, label: str, score: str) -> float:
@@ -156,33 +187,21 @@ def recall_at_false_positive_rate(
     one line). The last point within ``rate`` may be such a point; the answer is then the
     point where its run of equal steps starts.
     """
-    counts = frame.groupBy(sf.col(score).cast("double").alias(score)).agg(
-        sf.sum(sf.col(label).cast("long")).alias(POSITIVES), sf.count("*").alias(ROWS)
-    )
-    counts = counts.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        return _recall_within(counts, score, rate)
-    finally:
-        counts.unpersist()
+    return ranking_metrics(frame, label, score, rate)[1]
 
 
-def _recall_within(counts: DataFrame, score: str, rate: float) -> float:
+def _recall_within(
+    ranked: DataFrame, score: str, rate: float, sums: RankingSums, highest: float
+) -> float:
     negatives = sf.col(ROWS) - sf.col(POSITIVES)
-    totals = counts.agg(sf.sum(POSITIVES), sf.sum(negatives), sf.max(score)).first()
-    positives_total, negatives_total, highest = int(totals[0] or 0), int(totals[1] or 0), totals[2]
-    if positives_total == 0 or negatives_total == 0:
-        raise DataError(
-            "the recall at a false-positive rate needs both classes; the rows hold "
-            f"{positives_total} fraud(s) and {negatives_total} genuine transaction(s)"
-        )
-    ranked = from_the_top(counts, score).select(
+    ranked = ranked.select(
         score,
         negatives.alias("step_negatives"),
         sf.col(POSITIVES).alias("step_positives"),
         (sf.col(ROWS_ABOVE) - sf.col(POSITIVES_ABOVE) + negatives).alias("negatives_through"),
         (sf.col(POSITIVES_ABOVE) + sf.col(POSITIVES)).alias("positives_through"),
     )
-    within = ranked.filter(sf.col("negatives_through") / sf.lit(negatives_total) <= rate)
+    within = ranked.filter(sf.col("negatives_through") / sf.lit(sums.negatives) <= rate)
     last = within.agg(sf.min_by(sf.struct(*ranked.columns), score)).first()[0]
     if last is None:
         return 0.0  # only the curve's origin is within the rate
@@ -196,7 +215,7 @@ def _recall_within(counts: DataFrame, score: str, rate: float) -> float:
         start = higher.agg(sf.min_by("positives_through", score)).first()[0]
         top = ranked.filter(sf.col(score) == highest).first()["positives_through"]
         positives = start if start is not None else top
-    return positives / positives_total
+    return positives / sums.positives
 
 
 def card_precision_at_k(
@@ -219,22 +238,30 @@ def card_precision_at_k(
     per_card_day = frame.groupBy(day, card).agg(
         sf.max(sf.col(score).cast("double")).alias(score), sf.max(sf.col(label)).alias(label)
     )
-    per_card_day = per_card_day.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        days = sorted(row[0] for row in per_card_day.select(day).distinct().collect())
-        blocked: list = []
-        precisions = []
-        for value in days:
-            cards = per_card_day.filter(sf.col(day) == value)
-            if blocked:
-                cards = cards.filter(~sf.col(card).isin(blocked))
-            top = cards.orderBy(sf.col(score).desc(), sf.col(card).asc()).limit(k)
-            caught = top.agg(sf.collect_list(sf.when(sf.col(label) == 1, sf.col(card)))).first()[0]
-            precisions.append(len(caught) / k)
-            blocked.extend(caught)
-    finally:
-        per_card_day.unpersist()
-    return sum(precisions) / len(precisions) if precisions else float("nan")
+    days = sorted(row[0] for row in per_card_day.select(day).distinct().collect())
+    if not days:
+        return float("nan")
+    # At most k cards are caught per day, so before the i-th day (from 0) at most k * i cards
+    # are left out: its k * (i + 1) best cards hold its k best cards not yet caught. One job
+    # brings each day's best, as one row per day, and the days are walked on the driver.
+    order = Window.partitionBy(day).orderBy(sf.col(score).desc(), sf.col(card).asc())
+    position = sf.array_position(sf.array(*(sf.lit(value) for value in days)), sf.col(day))
+    best = (
+        per_card_day.withColumn(_RANK, sf.row_number().over(order))
+        .filter(sf.col(_RANK) <= position * k)
+        .groupBy(day)
+        .agg(sf.sort_array(sf.collect_list(sf.struct(_RANK, card, sf.col(label) == 1))))
+        .collect()
+    )
+    ranked_by_day = {value: [(c, fraud) for _, c, fraud in cards] for value, cards in best}
+    caught: set = set()
+    precisions = []
+    for value in days:
+        top = [(c, fraud) for c, fraud in ranked_by_day[value] if c not in caught][:k]
+        caught_today = {c for c, fraud in top if fraud}
+        precisions.append(len(caught_today) / k)
+        caught |= caught_today
+    return sum(precisions) / len(precisions)
 
 
 def savings(frame: DataFrame, label: str, decision: str, amount: str, review_cost: float) -> float:
