@@ -14,14 +14,18 @@ if TYPE_CHECKING:
 # Spark binds to a non-loopback interface of this machine unless told otherwise; every Spark
 # process the tests start (driver, executors, a standalone cluster) inherits these.
 LOOPBACK = {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOCAL_HOSTNAME": "localhost"}
-# The local test session's settings (small data, thousands of tiny queries):
-# - few shuffle partitions, instead of Spark's 200 near-empty tasks per shuffle;
-# - expressions evaluated by Spark's interpreter, not compiled to Java (Janino) first. On this
-#   test data compiling cost more than running: sampled with jstack, the driver JVM spent most
-#   of its busy time in Janino, and the in-process train-evaluate-register round trip
-#   (tests/spark/test_engine.py) took 89 s instead of 110-115 s alone on the 2-core machine.
-#   Same results by construction (Spark's own test suites run both modes); the standalone
-#   cluster's pipeline (tests/integration/test_spark_cluster.py) keeps Spark's defaults.
+# Expressions evaluated by Spark's interpreter, not compiled to Java (Janino) first: on the
+# tests' small data compiling costs more than running. Sampled with jstack, the driver JVM
+# spent most of its busy time in Janino; the in-process train-evaluate-register round trip
+# (tests/spark/test_engine.py) took 89 s instead of 110-115 s alone on the 2-core machine, and
+# the standalone cluster's pipeline (tests/integration/test_spark_cluster.py) about a fifth
+# less. Same results by construction (Spark's own test suites run both modes). The Spark
+# scale benchmark's test (tests/test_bench.py) and the session-settings probes
+# (tests/spark/test_session.py) keep Spark's defaults, code generation included.
+INTERPRETED_EXPRESSIONS = {
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
+}
 # For the JVMs the tests start in processes of their own (a standalone cluster's daemons,
 # drivers and executors; the session-settings probes), which live for seconds to minutes on
 # small data: the client JIT compiler only, whose optimising twin's work does not pay back
@@ -29,11 +33,9 @@ LOOPBACK = {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOCAL_HOSTNAME": "localhost"}
 # (tests/support/spark_cluster.py), the four probes 24 s instead of 42 s
 # (tests/spark/test_session.py). The JIT level changes no result.
 SHORT_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=1"
-TEST_SESSION_SETTINGS = {
-    "spark.sql.shuffle.partitions": "4",
-    "spark.sql.codegen.wholeStage": "false",
-    "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-}
+# The local test session's settings: few shuffle partitions (instead of Spark's 200 near-empty
+# tasks per shuffle) and interpreted expressions.
+TEST_SESSION_SETTINGS = {"spark.sql.shuffle.partitions": "4", **INTERPRETED_EXPRESSIONS}
 
 
 def require_spark() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.processes import BackgroundProcess, background_process, free_port
-from tests.support.spark import LOOPBACK, SHORT_LIVED_JVM_OPTIONS
+from tests.support.spark import INTERPRETED_EXPRESSIONS, LOOPBACK, SHORT_LIVED_JVM_OPTIONS
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -166,8 +166,10 @@ def _write_client_conf(conf_dir: Path, master_url: str, task_slots: int) -> None
         "spark.executor.memory": "1g",
         "spark.driver.extraJavaOptions": SHORT_LIVED_JVM_OPTIONS,
         "spark.executor.extraJavaOptions": SHORT_LIVED_JVM_OPTIONS,
-        # Small test data: Spark's 200 shuffle partitions would be 200 tiny tasks per shuffle.
+        # Small test data: Spark's 200 shuffle partitions would be 200 tiny tasks per shuffle,
+        # and compiling each query's expressions costs more than running them.
         "spark.sql.shuffle.partitions": str(2 * task_slots),
+        **INTERPRETED_EXPRESSIONS,
     }
     lines = [f"{key} {value}" for key, value in settings.items()]
     (conf_dir / "spark-defaults.conf").write_text("\n".join(lines) + "\n")
