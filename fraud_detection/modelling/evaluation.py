@@ -430,7 +430,7 @@ def _plot_artifacts(
         drawn[name] = figure
         drawn[MEAN_CONTRIBUTION_PLOT] = plots.mean_contribution_figure(contributions)
         # Each figure is rendered once: MLflow logs the PNG file it is handed as it is (a
-        # Figure it would render again, and drawing is most of evaluate's time on small data).
+        # Figure it would render again; drawing took a third of evaluate on small data).
         rendered = {}
         for name, figure in drawn.items():
             figures[f"{name}.png"] = plots.png_bytes(figure)
