@@ -30,6 +30,7 @@ from tests.support.processes import (
     mlflow_run,
     pipeline_runs,
     run_command,
+    writing_bytecode,
 )
 from tests.support.services import git, git_daemon
 
@@ -45,14 +46,13 @@ def _store(tmp_path: Path) -> str:
 def test_uv_builds_a_fresh_environment_from_python_env(tmp_path: Path, uv_available) -> None:
     project = copy_project(tmp_path / "project")
     environments = tmp_path / "envs"
-    env = mlflow_environment(
-        _store(tmp_path),
-        MLFLOW_ENV_ROOT=str(environments),
-        # This machine sets PYTHONDONTWRITEBYTECODE=1: without compiled bytecode in the new
-        # environment every import recompiles (13.5 s instead of 5 s per step).
-        UV_COMPILE_BYTECODE="1",
-        # Use an installed Python 3.11; never download one.
-        UV_PYTHON_DOWNLOADS="never",
+    env = writing_bytecode(
+        mlflow_environment(
+            _store(tmp_path),
+            MLFLOW_ENV_ROOT=str(environments),
+            # Use an installed Python 3.11; never download one.
+            UV_PYTHON_DOWNLOADS="never",
+        )
     )
     try:
         result = mlflow_run(

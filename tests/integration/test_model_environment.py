@@ -37,6 +37,7 @@ from tests.support.processes import (
     mlflow_environment,
     post_json,
     run_command,
+    writing_bytecode,
 )
 
 pytestmark = pytest.mark.slow
@@ -77,11 +78,8 @@ def test_mlflow_models_serve_with_uv_installs_the_cpu_build_and_scores(
         mlflow.set_tracking_uri(None)
 
     environments = tmp_path / "envs"
-    env = mlflow_environment(
-        store,
-        MLFLOW_ENV_ROOT=str(environments),
-        UV_COMPILE_BYTECODE="1",  # as in test_launchers.py
-        UV_PYTHON_DOWNLOADS="never",
+    env = writing_bytecode(
+        mlflow_environment(store, MLFLOW_ENV_ROOT=str(environments), UV_PYTHON_DOWNLOADS="never")
     )
     port = free_port()
     command = [
